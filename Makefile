@@ -1,0 +1,39 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   set up .venv and run the pipeline on the built-in synthetic dataset
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	snakemake --cores 2
+	medtailor status
+
+test: setup
+	pytest
+
+lint: setup
+	ruff check .
+	ruff format --check .
+	snakemake --lint
+	snakefmt --check Snakefile workflow
+
+bench: setup
+	python bench/resample_vs_sitk.py
+
+clean:
+	rm -rf data metrics logs mlflow.db mlartifacts .snakemake

@@ -1,0 +1,23 @@
+# medtailor workflow: one rule per stage, each a single `medtailor <stage>` call.
+# Configuration: params.yaml (validated against the package's schema).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "src/medtailor/config/params.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/resample.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.resample.output,

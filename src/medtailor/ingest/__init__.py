@@ -1,0 +1,390 @@
+"""``medtailor ingest``: raw DICOM/NIfTI -> NIfTI images, a pseudonymous manifest, an audit.
+
+Every file under the input root is either used or listed in ``audit.csv`` with the reason;
+one bad file never stops the stage, which fails only when nothing usable remains.
+No patient identifier leaves this stage: IDs are salted hashes, and every text written
+is redacted against the identifiers seen in the headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from tqdm import tqdm
+
+from medtailor.imageio import compact_dtype, save_nifti
+from medtailor.ingest.annotations import Annotations, load_annotations
+from medtailor.ingest.audit import Audit, Rejected
+from medtailor.ingest.dicom import (
+    DicomFile,
+    decode_pixels,
+    group_series,
+    load_projection,
+    order_slices,
+    read_dicom_header,
+    series_key,
+)
+from medtailor.ingest.nifti import align_label, is_nifti, load_nifti_checked
+from medtailor.ingest.pseudonym import Pseudonymizer
+from medtailor.spatial import affine_spacing, orientation_code
+from medtailor.tables import write_boxes, write_manifest
+
+log = logging.getLogger(__name__)
+OUTPUT_CHILDREN = ["images", "labels", "manifest.parquet", "boxes.parquet", "audit.csv"]
+
+
+class IngestError(RuntimeError):
+    """Nothing usable was found."""
+
+
+def discover(root: Path, excluded: set[str]) -> list[tuple[Path, str]]:
+    """Every regular file under ``root`` (sorted, hidden ones skipped) but the annotations."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel not in excluded and path.is_file():
+                found.append((path, rel))
+    return found
+
+
+@dataclass
+class _Subject:
+    patient_key: str
+    patient_source: str
+    study_key: str
+
+
+@dataclass
+class _Writer:
+    """Writes accepted images with their labels and boxes, and collects manifest rows."""
+
+    root: Path
+    out: Path
+    pseudo: Pseudonymizer
+    annotations: Annotations
+    audit: Audit
+    box_table: str
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+    boxes: list[dict[str, Any]] = field(default_factory=list)
+    used_sources: set[str] = field(default_factory=set)
+    accepted_files: int = 0
+    image_ids: set[str] = field(default_factory=set)
+
+    def emit(
+        self,
+        *,
+        image_id: str,
+        series_id: str,
+        subject: _Subject,
+        array: np.ndarray,
+        affine: np.ndarray,
+        modality: str,
+        kind: str,
+        source: str,
+        keys: Iterable[str],
+        source_format: str,
+        n_files: int,
+        transfer_syntax: str = "",
+        photometric: str = "",
+    ) -> None:
+        keys = list(dict.fromkeys(keys))
+        patient_key = subject.patient_key or f"study:{subject.study_key}"
+        patient_id = self.pseudo("patient", patient_key)
+        study_id = self.pseudo("study", f"{patient_key}|{subject.study_key}")
+        ndim = array.ndim
+        image_rel = f"images/{image_id}.nii.gz"
+        save_nifti(self.out / image_rel, compact_dtype(array), affine)
+
+        label_rel = ""
+        label_key = next((k for k in keys if k in self.annotations.labels), None)
+        if label_key is not None:
+            label_rel = self._write_label(image_id, label_key, array.shape, affine)
+
+        n_boxes = 0
+        for key in keys:
+            for box in self.annotations.boxes.get(key, []):
+                self.used_sources.add(f"boxes:{key}")
+                clipped = self._check_box(box, array.shape, key)
+                if clipped is not None:
+                    n_boxes += 1
+                    self.boxes.append(
+                        {"image_id": image_id, "box_id": f"{image_id}-b{n_boxes}", **clipped}
+                    )
+        self.manifest.append(
+            {
+                "image_id": image_id,
+                "patient_id": patient_id,
+                "study_id": study_id,
+                "series_id": series_id,
+                "patient_id_source": subject.patient_source,
+                "modality": modality,
+                "kind": kind,
+                "ndim": ndim,
+                "shape": [int(v) for v in array.shape],
+                "spacing": list(affine_spacing(affine, ndim)),
+                "orientation": orientation_code(affine, ndim),
+                "affine": [float(v) for v in np.asarray(affine).ravel()],
+                "image_path": image_rel,
+                "label_path": label_rel,
+                "n_boxes": n_boxes,
+                "source": self.audit.redact(source),
+                "source_format": source_format,
+                "n_files": n_files,
+                "transfer_syntax": transfer_syntax,
+                "photometric": photometric,
+            }
+        )
+        self.image_ids.add(image_id)
+        self.accepted_files += n_files
+
+    def _write_label(
+        self, image_id: str, key: str, shape: tuple[int, ...], affine: np.ndarray
+    ) -> str:
+        label_file = self.annotations.labels[key]
+        self.used_sources.add(f"labels:{key}")
+        try:
+            label, label_affine = load_nifti_checked(self.root / label_file, integer=True)
+            aligned, _how = align_label(label, label_affine, shape, affine)
+        except Rejected as exc:
+            self.audit.reject(label_file, f"label map of {key!r} rejected: {exc}")
+            return ""
+        rel = f"labels/{image_id}.nii.gz"
+        save_nifti(
+            self.out / rel, aligned.astype(np.uint16 if aligned.max() > 255 else np.uint8), affine
+        )
+        return rel
+
+    def _check_box(
+        self, box: dict[str, Any], shape: tuple[int, ...], key: str
+    ) -> dict[str, Any] | None:
+        where = f"row {box['row']} ({key})"
+        is3d = not math.isnan(box["z0"])
+        if is3d != (len(shape) == 3):
+            self.audit.reject(
+                self.box_table,
+                f"{where}: a {'3D' if is3d else '2D'} box for a {len(shape)}D image; box ignored",
+            )
+            return None
+        clipped = dict(box)
+        for axis, size in zip("xyz", shape, strict=False):
+            lo, hi = max(box[f"{axis}0"], 0.0), min(box[f"{axis}1"], float(size))
+            if hi <= lo:
+                self.audit.reject(
+                    self.box_table,
+                    f"{where}: box lies outside the image (shape {tuple(shape)}); box ignored",
+                )
+                return None
+            clipped[f"{axis}0"], clipped[f"{axis}1"] = lo, hi
+        clipped.pop("row")
+        return clipped
+
+
+def _subject_of_dicom(f: DicomFile) -> _Subject:
+    return _Subject(f.patient_key, f.patient_key_source, f.study_key)
+
+
+def _ingest_projection(f: DicomFile, writer: _Writer) -> None:
+    image_id = writer.pseudo(
+        "image", f"sop:{f.sop_instance}" if f.sop_instance else f"file:{f.rel}"
+    )
+    if image_id in writer.image_ids:
+        raise Rejected("duplicate of an image already ingested (same SOPInstanceUID)")
+    ds = pydicom.dcmread(f.path, force=True)
+    array, affine = load_projection(f, ds)
+    writer.emit(
+        image_id=image_id,
+        series_id=writer.pseudo(
+            "series", f"uid:{f.series_uid}" if f.series_uid else f"file:{f.rel}"
+        ),
+        subject=_subject_of_dicom(f),
+        array=array,
+        affine=affine,
+        modality=f.modality,
+        kind="radiograph",
+        source=f.rel,
+        keys=[f.rel],
+        source_format="dicom",
+        n_files=1,
+        transfer_syntax=f.transfer_syntax,
+        photometric=f.photometric,
+    )
+
+
+def _ingest_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]) -> None:
+    stack = order_slices(series, int(cfg["min_slices"]), float(cfg["slice_spacing_tolerance"]))
+    planes = []
+    for f in stack.slices:
+        planes.append(decode_pixels(pydicom.dcmread(f.path, force=True)).T)
+    by_rel = {f.rel: i for i, f in enumerate(stack.slices)}
+    for extra, original in stack.duplicates:
+        twin = decode_pixels(pydicom.dcmread(extra.path, force=True)).T
+        if not np.array_equal(twin, planes[by_rel[original.rel]]):
+            raise Rejected(
+                f"two different images at one slice position ({extra.rel} and {original.rel})"
+            )
+        writer.audit.reject(
+            extra.rel, f"duplicate slice of {original.rel} (same position and pixels); dropped"
+        )
+    volume = np.stack(planes, axis=-1)
+    key = series_key(series[0])
+    folders = sorted({f.folder for f in series})
+    writer.emit(
+        image_id=writer.pseudo("image", f"series:{key!r}"),
+        series_id=writer.pseudo("series", repr(key)),
+        subject=_subject_of_dicom(series[0]),
+        array=volume,
+        affine=stack.affine,
+        modality=series[0].modality,
+        kind="volume",
+        source=folders[0] if len(folders) == 1 else ";".join(folders),
+        keys=[*folders, *(f.rel for f in series)],
+        source_format="dicom",
+        n_files=len(stack.slices),
+        transfer_syntax=series[0].transfer_syntax,
+        photometric=series[0].photometric,
+    )
+
+
+def _ingest_nifti(rel: str, writer: _Writer) -> None:
+    array, affine = load_nifti_checked(writer.root / rel)
+    patient, study = writer.annotations.subjects.get(rel, ("", ""))
+    if patient:
+        subject = _Subject(
+            f"id:{patient}", "subjects.csv", f"uid:{study}" if study else f"file:{rel}"
+        )
+    else:
+        subject = _Subject("", "file", f"file:{rel}")
+    writer.emit(
+        image_id=writer.pseudo("image", f"nifti:{rel}"),
+        series_id=writer.pseudo("series", f"nifti:{rel}"),
+        subject=subject,
+        array=array,
+        affine=affine,
+        modality="NIFTI",
+        kind="volume" if array.ndim == 3 else "radiograph",
+        source=rel,
+        keys=[rel],
+        source_format="nifti",
+        n_files=1,
+    )
+
+
+def _clear_outputs(out: Path) -> None:
+    for child in OUTPUT_CHILDREN:
+        target = out / child
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Ingest everything under ``input_root`` into ``out_dir``; return the summary counts."""
+    cfg = params["ingest"]
+    if not input_root.is_dir():
+        raise IngestError(f"{input_root}: input folder does not exist")
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    audit = Audit()
+    annotations = load_annotations(input_root, cfg["annotations"], audit)
+    writer = _Writer(
+        input_root,
+        out_dir,
+        Pseudonymizer.from_params(cfg),
+        annotations,
+        audit,
+        box_table=cfg["annotations"]["boxes"],
+    )
+
+    files = discover(input_root, annotations.files)
+    n_bytes = sum(path.stat().st_size for path, _ in files)
+    dicoms: list[DicomFile] = []
+    niftis: list[str] = []
+    for path, rel in tqdm(files, desc="ingest: triage", unit="file"):
+        if is_nifti(rel):
+            niftis.append(rel)
+            continue
+        try:
+            record, _ = read_dicom_header(path, rel)
+        except Rejected as exc:
+            audit.reject(rel, str(exc))
+            continue
+        audit.remember_identifiers(record.identifiers)
+        dicoms.append(record)
+
+    projections = [f for f in dicoms if f.is_projection]
+    series = group_series([f for f in dicoms if not f.is_projection])
+    work: list[tuple[str, Any]] = (
+        [("projection", f) for f in projections]
+        + [("series", s) for s in series]
+        + [("nifti", rel) for rel in niftis]
+    )
+    for kind, item in tqdm(work, desc="ingest: convert", unit="image"):
+        try:
+            if kind == "projection":
+                _ingest_projection(item, writer)
+            elif kind == "series":
+                _ingest_series(item, writer, cfg)
+            else:
+                _ingest_nifti(item, writer)
+        except Rejected as exc:
+            if kind == "series":
+                members = [f.rel for f in item]
+                for rel in members:
+                    audit.reject(rel, f"series of {len(members)} file(s) rejected: {exc}")
+            else:
+                audit.reject(item.rel if kind == "projection" else item, str(exc))
+
+    for key, rows in annotations.boxes.items():
+        if f"boxes:{key}" not in writer.used_sources:
+            numbers = ", ".join(str(r["row"]) for r in rows)
+            audit.reject(
+                cfg["annotations"]["boxes"],
+                f"rows {numbers}: source {key!r} matches no ingested image",
+            )
+    for key in annotations.labels:
+        if f"labels:{key}" not in writer.used_sources:
+            audit.reject(cfg["annotations"]["labels"], f"source {key!r} matches no ingested image")
+
+    audit.write(out_dir / "audit.csv")
+    seconds = time.perf_counter() - started
+    if not writer.manifest:
+        raise IngestError(
+            f"no usable image under {input_root}: all {len(files)} file(s) rejected, "
+            f"see {out_dir / 'audit.csv'}"
+        )
+    write_manifest(writer.manifest, out_dir / "manifest.parquet")
+    write_boxes(writer.boxes, out_dir / "boxes.parquet")
+    kinds = [row["kind"] for row in writer.manifest]
+    summary = {
+        "files_seen": len(files),
+        "files_accepted": writer.accepted_files,
+        "files_rejected": len({r["source"] for r in audit.rows} & {rel for _, rel in files}),
+        "audit_entries": len(audit.rows),
+        "images": len(writer.manifest),
+        "radiographs": kinds.count("radiograph"),
+        "volumes": kinds.count("volume"),
+        "label_maps": sum(1 for row in writer.manifest if row["label_path"]),
+        "boxes": len(writer.boxes),
+        "patients": len({row["patient_id"] for row in writer.manifest}),
+        "seconds": round(seconds, 3),
+        "files_per_second": round(len(files) / seconds, 2) if seconds > 0 else 0.0,
+        "megabytes_per_second": round(n_bytes / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+    }
+    return summary

@@ -1,0 +1,119 @@
+"""Annotation tables that come with the raw data: boxes, label maps, NIfTI subjects.
+
+All three are optional CSV files under the input root (paths in params ``ingest.annotations``).
+A ``source`` names an image by its path relative to the input root: a DICOM file, a NIfTI
+file, or the folder of a DICOM series (any file of the series works too). A bad row is
+written to the audit report (file, row, problem) and skipped; the rest is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from medtailor.ingest.audit import Audit
+
+BOX_FIELDS = ["source", "x0", "y0", "z0", "x1", "y1", "z1"]
+
+
+def normalise_source(value: str) -> str:
+    text = value.strip().replace("\\", "/")
+    return str(PurePosixPath(text)) if text else ""
+
+
+@dataclass
+class Annotations:
+    boxes: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    labels: dict[str, str] = field(default_factory=dict)
+    subjects: dict[str, tuple[str, str]] = field(default_factory=dict)
+    files: set[str] = field(default_factory=set)  # not images: kept out of discovery
+
+
+def _read_rows(path: Path, rel: str, required: list[str], audit: Audit) -> list[tuple[int, dict]]:
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                audit.reject(rel, f"annotation table lacks column(s) {missing}; table ignored")
+                return []
+            # Row numbers count the header as row 1, as a spreadsheet shows them.
+            return [(number, row) for number, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        audit.reject(rel, f"cannot read annotation table: {exc}")
+        return []
+
+
+def _parse_box(row: dict[str, str]) -> dict[str, Any]:
+    def number(key: str) -> float:
+        text = (row.get(key) or "").strip()
+        if not text:
+            return math.nan
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{key}={text!r} is not finite")
+        return value
+
+    box = {key: number(key) for key in ["x0", "y0", "z0", "x1", "y1", "z1"]}
+    for axis in "xy":
+        if math.isnan(box[f"{axis}0"]) or math.isnan(box[f"{axis}1"]):
+            raise ValueError(f"{axis}0 and {axis}1 are required")
+    if math.isnan(box["z0"]) != math.isnan(box["z1"]):
+        raise ValueError("give both z0 and z1 (3D) or neither (2D)")
+    for axis in "xyz":
+        lo, hi = box[f"{axis}0"], box[f"{axis}1"]
+        if not math.isnan(lo) and hi <= lo:
+            raise ValueError(f"{axis}1 ({hi:g}) must be greater than {axis}0 ({lo:g})")
+    class_text = (row.get("class_id") or "1").strip() or "1"
+    try:
+        box["class_id"] = int(class_text)
+    except ValueError:
+        raise ValueError(f"class_id={class_text!r} is not an integer") from None
+    return box
+
+
+def load_annotations(root: Path, tables: dict[str, str], audit: Audit) -> Annotations:
+    found = Annotations()
+    boxes_rel, labels_rel, subjects_rel = tables["boxes"], tables["labels"], tables["subjects"]
+    for rel in (boxes_rel, labels_rel, subjects_rel):
+        found.files.add(normalise_source(rel))
+
+    if (root / boxes_rel).is_file():
+        for number, row in _read_rows(
+            root / boxes_rel, boxes_rel, ["source", "x0", "y0", "x1", "y1"], audit
+        ):
+            try:
+                box = _parse_box(row)
+            except ValueError as exc:
+                audit.reject(f"{boxes_rel}", f"row {number}: {exc}; box ignored")
+                continue
+            found.boxes[normalise_source(row["source"])].append({**box, "row": number})
+
+    if (root / labels_rel).is_file():
+        for number, row in _read_rows(root / labels_rel, labels_rel, ["source", "label"], audit):
+            label = normalise_source(row["label"])
+            if not (root / label).is_file():
+                audit.reject(labels_rel, f"row {number}: label file {label!r} does not exist")
+                continue
+            found.labels[normalise_source(row["source"])] = label
+            found.files.add(label)
+
+    if (root / subjects_rel).is_file():
+        for number, row in _read_rows(
+            root / subjects_rel, subjects_rel, ["source", "patient"], audit
+        ):
+            patient = (row.get("patient") or "").strip()
+            if not patient:
+                audit.reject(subjects_rel, f"row {number}: empty patient")
+                continue
+            study = (row.get("study") or "").strip()
+            found.subjects[normalise_source(row["source"])] = (patient, study)
+            audit.remember_identifiers([patient])
+    return found

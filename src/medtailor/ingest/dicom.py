@@ -1,0 +1,330 @@
+"""DICOM reading: header triage, robust series grouping, slice ordering, decoding.
+
+Series are grouped on more than SeriesInstanceUID (which real exports leave empty):
+the key also holds the folder when the UID is missing, the series number, modality,
+matrix size, orientation and pixel spacing, so stacks that cannot share a grid never
+share a volume. Slices are ordered by their position along the slice normal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+from medtailor.ingest.audit import Rejected
+from medtailor.spatial import dicom_affine_ras, planar_affine
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+# Projection modalities: each file is one 2D image, never part of a volume.
+PROJECTION_MODALITIES = {"DX", "CR", "MG", "RF", "XA", "IO", "PX", "RG", "DF", "DG"}
+IDENTIFIER_TAGS = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "AccessionNumber",
+]
+
+
+@dataclass
+class DicomFile:
+    """What triage keeps of one DICOM file; raw keys stay in memory, only hashes leave."""
+
+    path: Path
+    rel: str
+    modality: str
+    sop_class: str
+    sop_instance: str
+    patient_key: str
+    patient_key_source: str
+    study_key: str
+    series_uid: str
+    series_number: str
+    rows: int
+    columns: int
+    orientation: tuple[float, ...] | None
+    position: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns), mm
+    transfer_syntax: str
+    photometric: str
+    identifiers: list[str]
+
+    @property
+    def is_projection(self) -> bool:
+        return (
+            self.modality in PROJECTION_MODALITIES
+            or self.orientation is None
+            or self.position is None
+        )
+
+    @property
+    def folder(self) -> str:
+        return str(PurePosixPath(self.rel).parent)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) != count or not np.all(np.isfinite(numbers)):
+        return None
+    return numbers
+
+
+def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """(row, column) spacing in mm and which attribute gave it.
+
+    PixelSpacing is calibrated to the patient; ImagerPixelSpacing is at the detector and
+    is corrected by EstimatedRadiographicMagnificationFactor when the header gives one.
+    """
+    spacing = _floats(ds, "PixelSpacing", 2)
+    if spacing and min(spacing) > 0:
+        return (spacing[0], spacing[1]), "PixelSpacing"
+    spacing = _floats(ds, "ImagerPixelSpacing", 2)
+    if spacing and min(spacing) > 0:
+        factor = ds.get("EstimatedRadiographicMagnificationFactor")
+        try:
+            factor = float(factor) if factor else 1.0
+        except (TypeError, ValueError):
+            factor = 1.0
+        factor = factor if factor > 0 else 1.0
+        return (spacing[0] / factor, spacing[1] / factor), "ImagerPixelSpacing"
+    spacing = _floats(ds, "NominalScannedPixelSpacing", 2)
+    if spacing and min(spacing) > 0:
+        return (spacing[0], spacing[1]), "NominalScannedPixelSpacing"
+    return None, ""
+
+
+def _check_pixel_bytes(ds: Dataset, path: Path) -> None:
+    """Catch truncated files at triage, before they can disturb series grouping."""
+    element = ds.get_item("PixelData")
+    length = getattr(element, "length", None)
+    if length is None or length == 0xFFFFFFFF:  # encapsulated: the decoder checks it
+        return
+    value = getattr(element, "value", None)
+    tell = getattr(element, "value_tell", None)
+    if value is not None:
+        available = len(value)
+    elif tell is not None:
+        available = path.stat().st_size - tell
+    else:
+        return
+    if available < length:
+        raise Rejected(
+            f"truncated file: pixel data declares {length} bytes but only {available} are present"
+        )
+
+
+def read_dicom_header(path: Path, rel: str) -> tuple[DicomFile, Dataset]:
+    """Triage one file; raise Rejected with the reason when it cannot be an image."""
+    try:
+        ds = pydicom.dcmread(path, force=True, defer_size="256 KB")
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise Rejected(f"not readable as DICOM ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # pydicom raises many kinds on corrupt bytes
+        raise Rejected(f"not readable as DICOM ({type(exc).__name__}: {exc})") from exc
+    meta = getattr(ds, "file_meta", None)
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if media_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise Rejected("DICOMDIR media index, not an image (series are found without it)")
+    sop_class = _text(ds, "SOPClassUID")
+    if not sop_class and "PixelData" not in ds:
+        raise Rejected("not a DICOM or NIfTI file (no SOP class, no pixel data)")
+    if "PixelData" not in ds:
+        name = pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
+        raise Rejected(f"no pixel data: not an image ({name})")
+    _check_pixel_bytes(ds, path)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise Rejected(
+            f"colour image ({_text(ds, 'PhotometricInterpretation')}, "
+            f"{ds.get('SamplesPerPixel')} samples/pixel): only grayscale is ingested"
+        )
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise Rejected(f"multi-frame image ({ds.NumberOfFrames} frames) is not supported yet")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise Rejected("no Rows/Columns: image size unknown") from exc
+
+    identifiers = [_text(ds, tag) for tag in IDENTIFIER_TAGS if _text(ds, tag)]
+    patient_id, name, birth = (
+        _text(ds, t) for t in ("PatientID", "PatientName", "PatientBirthDate")
+    )
+    if patient_id:
+        patient_key, patient_source = f"id:{patient_id}", "PatientID"
+    elif name or birth:
+        patient_key, patient_source = f"name:{name}|{birth}", "PatientName+PatientBirthDate"
+    else:
+        patient_key, patient_source = "", "study"
+    study_uid = _text(ds, "StudyInstanceUID")
+    if study_uid:
+        study_key = f"uid:{study_uid}"
+    else:
+        parts = [_text(ds, t) for t in ("StudyDate", "StudyTime", "StudyID", "AccessionNumber")]
+        study_key = (
+            "attrs:" + "|".join(parts) if any(parts) else f"folder:{PurePosixPath(rel).parent}"
+        )
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    if orientation is not None:
+        row_dir, col_dir = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+        if not (
+            np.isclose(np.linalg.norm(row_dir), 1, atol=1e-2)
+            and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-2)
+        ):
+            orientation = None
+    spacing, _ = pixel_spacing(ds)
+    position = _floats(ds, "ImagePositionPatient", 3)
+    record = DicomFile(
+        path=path,
+        rel=rel,
+        modality=_text(ds, "Modality").upper() or "OT",
+        sop_class=sop_class,
+        sop_instance=_text(ds, "SOPInstanceUID"),
+        patient_key=patient_key,
+        patient_key_source=patient_source,
+        study_key=study_key,
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        series_number=_text(ds, "SeriesNumber"),
+        rows=rows,
+        columns=columns,
+        orientation=orientation,
+        position=position,  # type: ignore[arg-type]
+        pixel_spacing=spacing,
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
+        photometric=_text(ds, "PhotometricInterpretation"),
+        identifiers=identifiers,
+    )
+    return record, ds
+
+
+def series_key(f: DicomFile) -> tuple:
+    series = f"uid:{f.series_uid}" if f.series_uid else f"folder:{f.folder}"
+    orientation = tuple(np.round(f.orientation, 3)) if f.orientation else None
+    spacing = tuple(np.round(f.pixel_spacing, 4)) if f.pixel_spacing else None
+    return (
+        f.patient_key,
+        f.study_key,
+        series,
+        f.series_number,
+        f.modality,
+        f.rows,
+        f.columns,
+        orientation,
+        spacing,
+    )
+
+
+def group_series(files: list[DicomFile]) -> list[list[DicomFile]]:
+    groups: dict[tuple, list[DicomFile]] = defaultdict(list)
+    for f in files:
+        groups[series_key(f)].append(f)
+    return [
+        sorted(g, key=lambda f: f.rel)
+        for _, g in sorted(groups.items(), key=lambda kv: kv[1][0].rel)
+    ]
+
+
+def decode_pixels(ds: Dataset) -> np.ndarray:
+    """Stored values -> modality values (HU for CT), MONOCHROME1 inverted; float64 (rows, cols)."""
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise their own types
+        syntax = (
+            ds.file_meta.get("TransferSyntaxUID", "unknown")
+            if hasattr(ds, "file_meta")
+            else "unknown"
+        )
+        name = pydicom.uid.UID(str(syntax)).name if syntax != "unknown" else syntax
+        raise Rejected(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
+    if stored.ndim != 2:
+        raise Rejected(f"unexpected pixel array shape {stored.shape}")
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 16))
+        if int(ds.get("PixelRepresentation", 0)) == 1:
+            ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1])
+        else:
+            ends = np.array([0, 2**bits - 1])
+        mapped = np.asarray(apply_modality_lut(ends, ds), dtype=np.float64)
+        values = mapped.min() + mapped.max() - values
+    return values
+
+
+def load_projection(record: DicomFile, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D image indexed (column, row) and its planar affine."""
+    if record.pixel_spacing is None:
+        raise Rejected("no PixelSpacing or ImagerPixelSpacing: cannot place the image in mm")
+    pixels = decode_pixels(ds)
+    row_spacing, col_spacing = record.pixel_spacing
+    return pixels.T, planar_affine((col_spacing, row_spacing))
+
+
+@dataclass
+class SliceStack:
+    """A checked, ordered series: slices, the files dropped as duplicates, and the geometry."""
+
+    slices: list[DicomFile]
+    duplicates: list[tuple[DicomFile, DicomFile]]
+    affine: np.ndarray
+
+
+def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> SliceStack:
+    """Sort along the normal, drop exact duplicates, and check the stack is gap-free."""
+    first = series[0]
+    if first.pixel_spacing is None:
+        raise Rejected("series has no PixelSpacing: cannot place its slices in mm")
+    row_dir, col_dir = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
+    normal = np.cross(row_dir, col_dir)
+    positions = np.array([f.position for f in series], float)
+    depth = positions @ normal
+    order = np.argsort(depth, kind="stable")
+    ordered = [series[i] for i in order]
+    depth, positions = depth[order], positions[order]
+
+    kept, duplicates = [0], []
+    for i in range(1, len(ordered)):
+        if abs(depth[i] - depth[kept[-1]]) < 1e-3:
+            original, extra = ordered[kept[-1]], ordered[i]
+            duplicates.append((extra, original))
+        else:
+            kept.append(i)
+    slices = [ordered[i] for i in kept]
+    positions = positions[kept]
+    if len(slices) < min_slices:
+        raise Rejected(
+            f"series of {len(slices)} slice(s) at distinct positions: "
+            f"a volume needs at least {min_slices}"
+        )
+    steps = np.diff(positions, axis=0)
+    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    deviation = np.linalg.norm(steps - step, axis=1) / np.linalg.norm(step)
+    if deviation.max() > tolerance:
+        worst = int(np.argmax(deviation))
+        sizes = np.linalg.norm(steps, axis=1)
+        raise Rejected(
+            f"gap or uneven slice spacing: slices are {np.median(sizes):.3g} mm apart but "
+            f"{sizes[worst]:.3g} mm between sorted slices {worst} and {worst + 1} "
+            f"(tolerance {tolerance:.0%})"
+        )
+    affine = dicom_affine_ras(positions[0], first.orientation, first.pixel_spacing, step)
+    return SliceStack(slices=slices, duplicates=duplicates, affine=affine)

@@ -1,0 +1,33 @@
+"""Salted pseudonymous IDs: the same person gets the same ID across files, never their own."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I"}
+
+
+class Pseudonymizer:
+    def __init__(self, salt: str) -> None:
+        self._key = salt.encode()
+
+    @classmethod
+    def from_params(cls, ingest: Mapping[str, Any]) -> Pseudonymizer:
+        salt = os.environ.get(str(ingest["pseudonym_salt_env"]))
+        if not salt:
+            log.warning(
+                "pseudonyms use the salt from params.yaml; set %s to a secret for real data",
+                ingest["pseudonym_salt_env"],
+            )
+            salt = str(ingest["pseudonym_salt"])
+        return cls(salt)
+
+    def __call__(self, kind: str, value: str) -> str:
+        digest = hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{PREFIX[kind]}{digest[:16]}"

@@ -1,0 +1,86 @@
+"""The tables that pass between stages (manifest, boxes, audit), in one place.
+
+Each stage writes through these helpers so the column sets documented in
+docs/contracts.md stay the single definition every later stage reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtailor.imageio import atomic_path
+
+MANIFEST_COLUMNS = [
+    "image_id",
+    "patient_id",
+    "study_id",
+    "series_id",
+    "patient_id_source",
+    "modality",
+    "kind",
+    "ndim",
+    "shape",
+    "spacing",
+    "orientation",
+    "affine",
+    "image_path",
+    "label_path",
+    "n_boxes",
+    "source",
+    "source_format",
+    "n_files",
+    "transfer_syntax",
+    "photometric",
+]
+BOX_COLUMNS = ["image_id", "box_id", "x0", "y0", "z0", "x1", "y1", "z1", "class_id"]
+BOX_CORNERS = ["x0", "y0", "z0", "x1", "y1", "z1"]
+AUDIT_COLUMNS = ["source", "reason"]
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    tmp = atomic_path(path)
+    try:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_manifest(rows: list[dict], path: Path) -> Path:
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return _write(frame.sort_values("image_id", kind="stable"), path)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(path)
+    missing = set(MANIFEST_COLUMNS) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: not a medtailor manifest, missing columns {sorted(missing)}")
+    return frame
+
+
+def manifest_affine(row: pd.Series) -> np.ndarray:
+    return np.asarray(row["affine"], float).reshape(4, 4)
+
+
+def write_boxes(rows: list[dict] | pd.DataFrame, path: Path) -> Path:
+    frame = pd.DataFrame(rows, columns=BOX_COLUMNS)
+    frame[BOX_CORNERS] = frame[BOX_CORNERS].astype(float)
+    return _write(frame.sort_values(["image_id", "box_id"], kind="stable"), path)
+
+
+def read_boxes(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def write_audit(rows: list[dict], path: Path) -> Path:
+    frame = pd.DataFrame(rows, columns=AUDIT_COLUMNS)
+    return _write(frame.sort_values("source", kind="stable"), path)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the repo's params, a small synthetic dataset, its ingest and resample."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_tracking(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write into the project's own MLflow store."""
+    store = tmp_path_factory.mktemp("mlflow")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    mp.setenv("DVC_NO_ANALYTICS", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture()
+def params(repo_params: dict) -> dict:
+    return copy.deepcopy(repo_params)
+
+
+def small(params: dict) -> dict:
+    """A dataset small enough for unit tests that still has every kind of input."""
+    params = copy.deepcopy(params)
+    params["synth"]["n_patients"] = 4
+    params["synth"]["radiograph_studies_per_patient"] = 1
+    return params
+
+
+@pytest.fixture(scope="session")
+def synth_dir(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medtailor.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(small(repo_params), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ingested(synth_dir: Path, repo_params: dict, tmp_path_factory: pytest.TempPathFactory):
+    from medtailor.ingest import run_ingest
+
+    out = tmp_path_factory.mktemp("ingest")
+    summary = run_ingest(synth_dir, out, small(repo_params))
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def resampled(ingested, repo_params: dict, tmp_path_factory: pytest.TempPathFactory):
+    from medtailor.resample import run_resample
+
+    out = tmp_path_factory.mktemp("resample")
+    summary = run_resample(ingested[0], out, small(repo_params))
+    return out, summary

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medtailor.config import ParamsError, load_params, params_hash, validate_params
+
+from .conftest import REPO
+
+
+def test_repo_params_validate():
+    params = load_params(REPO / "params.yaml")
+    assert params["resample"]["spacing_mm"] == [1.0, 1.0, 1.0]
+
+
+def test_unknown_key_is_named(params):
+    params["resample"]["ordr"] = 3
+    with pytest.raises(ParamsError, match=r"resample: unknown key\(s\) \['ordr'\]"):
+        validate_params(params)
+
+
+def test_wrong_type_and_range_are_named_with_their_path(params):
+    params["resample"]["order"] = "three"
+    params["synth"]["volume"]["spacing_mm"] = [0.7, 0.7]
+    with pytest.raises(ParamsError) as info:
+        validate_params(params)
+    message = str(info.value)
+    assert "resample.order: 'three' is not of type 'integer'" in message
+    assert "synth.volume.spacing_mm" in message
+
+
+def test_missing_section_is_reported(params):
+    del params["ingest"]
+    with pytest.raises(ParamsError, match="'ingest' is a required property"):
+        validate_params(params)
+
+
+def test_params_hash_is_stable_and_sensitive(params):
+    first = params_hash(params)
+    assert first == params_hash(yaml.safe_load(yaml.safe_dump(params)))
+    params["seed"] += 1
+    assert params_hash(params) != first
+
+
+def test_cli_rejects_bad_params_with_exit_2(tmp_path: Path, params):
+    params["resample"]["label_mode"] = "cubic"
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, "-m", "medtailor.cli", "resample", "--params", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "resample.label_mode: 'cubic' is not one of" in result.stderr
+
+
+@pytest.mark.parametrize("stage", ["synth", "ingest", "resample", "status"])
+def test_cli_help_describes_each_stage(stage):
+    result = subprocess.run(
+        [sys.executable, "-m", "medtailor.cli", stage, "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "--params" in result.stdout
