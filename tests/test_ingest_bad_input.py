@@ -145,7 +145,7 @@ def test_bad_annotation_rows_name_file_row_and_problem(messy):
         f"row {n - 1} (dicom/case000/xr_study0/image0.dcm): box lies outside" in r for r in reasons
     )
     assert any(
-        f"rows {n}: source 'no/such/image.dcm' matches no ingested image" in r for r in reasons
+        f"row(s) {n}: source 'no/such/image.dcm' matches no ingested image" in r for r in reasons
     )
 
 

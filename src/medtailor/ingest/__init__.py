@@ -299,6 +299,8 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
     if not input_root.is_dir():
         raise IngestError(f"{input_root}: input folder does not exist")
     started = time.perf_counter()
+    # pydicom's validation warnings quote header values, which may be identifiers.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
     audit = Audit()
@@ -356,7 +358,7 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
             numbers = ", ".join(str(r["row"]) for r in rows)
             audit.reject(
                 cfg["annotations"]["boxes"],
-                f"rows {numbers}: source {key!r} matches no ingested image",
+                f"row(s) {numbers}: source {key!r} matches no ingested image",
             )
     for key in annotations.labels:
         if f"labels:{key}" not in writer.used_sources:
