@@ -15,9 +15,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/resample.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/detect.smk"
+include: "workflow/rules/patches.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.resample.output,
+        rules.patches.output,

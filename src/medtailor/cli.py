@@ -1,7 +1,8 @@
 """The ``medtailor`` command: one subcommand per pipeline stage, each one MLflow run.
 
 Snakemake rules and DVC stages call exactly these subcommands; every one of them reads
-and validates params.yaml first.
+and validates params.yaml first, logs its params and summary to MLflow, and writes the
+summary to ``metrics/<stage>.json`` (DVC metrics).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,78 +23,208 @@ from medtailor.config import ParamsError, load_params
 log = logging.getLogger("medtailor")
 DATA = Path("data")
 METRICS = Path("metrics")
+PLOTS = Path("plots")
+Result = tuple[dict[str, Any], list[Path]]
 
 
-def _record_summary(summary: dict[str, Any], metrics: Path, artifacts: list[Path]) -> None:
+def run_synth(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.synth import generate_dataset
+
+    return generate_dataset(params, args.output), []
+
+
+def run_ingest(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.ingest import run_ingest as ingest
+
+    source = args.input or Path(params["ingest"]["input"])
+    return ingest(source, args.output, params), [args.output / "audit.csv"]
+
+
+def run_resample(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.resample import run_resample as resample
+
+    return resample(args.input, args.output, params), []
+
+
+def run_split(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.split import run_split as split
+
+    return split(args.input, args.output, params), [args.output]
+
+
+def run_train_detector(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.detect import run_train_detector as train
+
+    if params["detector"]["source"] == "external":
+        args.output.mkdir(parents=True, exist_ok=True)
+        log.info("detector.source is external: the built-in detector is not trained")
+        return {"skipped": 1}, []
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    summary = train(args.input, args.split, args.output, params, sink)
+    return summary, sorted(args.output.glob("*.pt"))
+
+
+def run_detect(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.detect import run_detect as detect
+
+    source = args.detector
+    if source is None:
+        external = params["detector"]["source"] == "external"
+        source = Path(params["detector"]["external_boxes"]) if external else DATA / "detector"
+    return detect(args.input, source, args.output, params), []
+
+
+def run_patches(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.patches import run_patches as patches
+
+    summary = patches(args.input, args.split, args.candidates, args.output, params, args.plots)
+    return summary, [args.plots / "patches_iou.png"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as a subcommand: its runner, help, params sections and paths."""
+
+    name: str
+    run: Callable[[argparse.Namespace, dict[str, Any]], Result]
+    help: str
+    sections: tuple[str, ...]
+    output: Path
+    paths: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+
+
+STAGES = [
+    Stage(
+        "synth",
+        run_synth,
+        "Write the deterministic synthetic dataset (DICOM radiographs and CT series, NIfTI "
+        "volumes, label maps, boxes) from params 'synth' and 'seed'.",
+        ("synth",),
+        DATA / "synth",
+    ),
+    Stage(
+        "ingest",
+        run_ingest,
+        "Audit and convert raw DICOM/NIfTI to NIfTI with a pseudonymous manifest, boxes and "
+        "an audit report (audit.csv) of every rejected file.",
+        ("ingest",),
+        DATA / "ingest",
+        {"input": (None, "raw data folder (default: params ingest.input)")},
+    ),
+    Stage(
+        "resample",
+        run_resample,
+        "Resample volumes to isotropic spacing and radiographs to a fixed pixel spacing; "
+        "label maps and boxes follow their images.",
+        ("resample",),
+        DATA / "resample",
+        {"input": (DATA / "ingest", "ingest output folder")},
+    ),
+    Stage(
+        "split",
+        run_split,
+        "Assign every patient to train/val/test (params 'split'), stratified on lesions; "
+        "computed once and used by the detector and the patches.",
+        ("split",),
+        DATA / "split" / "split.csv",
+        {"input": (DATA / "resample", "resample output folder")},
+    ),
+    Stage(
+        "train-detector",
+        run_train_detector,
+        "Train the built-in MONAI RetinaNet detectors (2D radiographs, 3D volumes) on the "
+        "training split (params 'detector').",
+        ("detector",),
+        DATA / "detector",
+        {
+            "input": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+        },
+    ),
+    Stage(
+        "detect",
+        run_detect,
+        "Write candidate boxes (scores 0-100) for every image, from the trained detectors or "
+        "from the external box file of params 'detector.external_boxes'.",
+        ("detector",),
+        DATA / "detect" / "candidates.parquet",
+        {
+            "input": (DATA / "resample", "resample output folder"),
+            "detector": (
+                None,
+                "trained detector folder or external box file (default: from params)",
+            ),
+        },
+    ),
+    Stage(
+        "patches",
+        run_patches,
+        "Label candidates by IoU with the ground truth and write the patch store "
+        "(params 'patches').",
+        ("patches",),
+        DATA / "patches",
+        {
+            "input": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+            "candidates": (DATA / "detect" / "candidates.parquet", "candidate boxes"),
+            "plots": (PLOTS, "folder for plots"),
+        },
+    ),
+]
+
+
+def record_summary(summary: dict[str, Any], metrics: Path, artifacts: list[Path]) -> None:
     """Write the stage summary as its DVC metrics file and log it, with artefacts, to MLflow."""
     import mlflow
 
     from medtailor.imageio import atomic_path
 
+    # NaN marks an undefined metric (e.g. recall with no lesion); JSON says null.
+    finite = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
     metrics.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(metrics)
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.write_text(json.dumps(finite, indent=2) + "\n")
     tmp.replace(metrics)
-    mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
+    numbers = {k: float(v) for k, v in finite.items() if isinstance(v, int | float)}
+    mlflow.log_metrics(numbers)
     for path in [metrics, *artifacts]:
         if path.exists():
             mlflow.log_artifact(str(path))
 
 
-def cmd_synth(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
-    from medtailor.synth import generate_dataset
+def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import stage_run
 
-    with stage_run("synth", params):
-        summary = generate_dataset(params, args.output)
-        _record_summary(summary, args.metrics, [])
+    with stage_run(stage.name.replace("-", "_"), params, stage.sections):
+        summary, artifacts = stage.run(args, params)
+        record_summary(summary, args.metrics, artifacts)
     return summary
 
 
-def cmd_ingest(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
-    from medtailor.ingest import run_ingest
-    from medtailor.tracking import stage_run
-
-    source = args.input or Path(params["ingest"]["input"])
-    with stage_run("ingest", params):
-        summary = run_ingest(source, args.output, params)
-        _record_summary(summary, args.metrics, [args.output / "audit.csv"])
-    return summary
-
-
-def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
-    from medtailor.resample import run_resample
-    from medtailor.tracking import stage_run
-
-    with stage_run("resample", params):
-        summary = run_resample(args.input, args.output, params)
-        _record_summary(summary, args.metrics, [])
-    return summary
-
-
-def cmd_status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import tracking_uri
 
     lines = ["medtailor outputs:"]
-    for stage, what in [
-        ("synth", "synthetic raw data"),
-        ("ingest", "manifest.parquet, boxes.parquet, images/, labels/"),
-        ("resample", "manifest.parquet, boxes.parquet, images/, labels/"),
-    ]:
-        folder = args.data / stage
-        summary_file = METRICS / f"{stage}.json"
-        state = "missing" if not folder.exists() else "done"
-        lines.append(f"  {stage:<9} {folder}/  ({what}) [{state}]")
+    for stage in STAGES:
+        folder = args.data / stage.output.relative_to(DATA).parts[0]
+        state = "done" if folder.exists() else "not run"
+        lines.append(f"  {stage.name:<15} {folder}/  [{state}]")
+        summary_file = METRICS / f"{stage.name.replace('-', '_')}.json"
         if summary_file.exists():
-            lines.append(f"            summary: {json.loads(summary_file.read_text())}")
+            lines.append(f"  {'':<15} metrics: {json.loads(summary_file.read_text())}")
     audit = args.data / "ingest" / "audit.csv"
     if audit.exists():
-        n = max(sum(1 for _ in audit.open()) - 1, 0)
-        lines.append(f"  audit     {audit}  ({n} rejected input(s), each with its reason)")
+        n = max(len(audit.read_text().splitlines()) - 1, 0)
+        lines.append(f"  audit report    {audit}  ({n} rejected input(s), each with its reason)")
     uri = tracking_uri(params["tracking"])
-    lines.append(f"  MLflow    {uri}  (experiment '{params['tracking']['experiment']}')")
+    lines.append(f"  MLflow          {uri}  (experiment '{params['tracking']['experiment']}')")
     lines.append(
-        f"            browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        f"  {'':<15} browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     )
     print("\n".join(lines))
     return {}
@@ -100,15 +233,14 @@ def cmd_status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, An
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtailor",
-        description="Reproducible medical-imaging pipeline: "
-        "synth -> ingest -> resample -> (detect, patches, train, search, evaluate).",
+        description="Reproducible medical-imaging pipeline: synth -> ingest -> resample -> "
+        "split -> train-detector -> detect -> patches (-> train, search, evaluate).",
     )
     parser.add_argument("--version", action="version", version=f"medtailor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
-
-    def stage(name: str, func: Callable, help_text: str, output: Path, input_help: str | None):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         p.add_argument(
             "--params",
             type=Path,
@@ -116,52 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
             help="params file (default: params.yaml)",
         )
         p.add_argument(
-            "--output", type=Path, default=output, help=f"output folder (default: {output})"
-        )
-        metrics = METRICS / f"{name}.json"
-        p.add_argument(
-            "--metrics",
+            "--output",
             type=Path,
-            default=metrics,
-            help=f"summary metrics JSON (default: {metrics})",
+            default=stage.output,
+            help=f"output folder (default: {stage.output})",
         )
-        if input_help:
-            p.add_argument("--input", type=Path, default=None, help=input_help)
-        p.set_defaults(func=func)
-        return p
-
-    stage(
-        "synth",
-        cmd_synth,
-        "Write the deterministic synthetic dataset (DICOM radiographs and CT series, NIfTI "
-        "volumes, label maps, boxes) from params 'synth' and 'seed'.",
-        DATA / "synth",
-        None,
-    )
-    stage(
-        "ingest",
-        cmd_ingest,
-        "Audit and convert raw DICOM/NIfTI under the input folder to NIfTI with a "
-        "pseudonymous manifest (manifest.parquet), boxes (boxes.parquet) and an audit "
-        "report (audit.csv) of every rejected file.",
-        DATA / "ingest",
-        "raw data folder (default: params ingest.input)",
-    )
-    p = stage(
-        "resample",
-        cmd_resample,
-        "Resample ingested volumes to isotropic spacing and radiographs to a fixed pixel "
-        "spacing (params 'resample'); label maps and boxes follow their images.",
-        DATA / "resample",
-        "ingest output folder (default: data/ingest)",
-    )
-    p.set_defaults(input=DATA / "ingest")
-    status = sub.add_parser(
-        "status", help="Show where the outputs, audit report and MLflow runs are."
-    )
-    status.add_argument("--params", type=Path, default=Path("params.yaml"))
-    status.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")
-    status.set_defaults(func=cmd_status)
+        metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
+        p.add_argument(
+            "--metrics", type=Path, default=metrics, help=f"summary JSON (default: {metrics})"
+        )
+        for name, (default, text) in stage.paths.items():
+            shown = f" (default: {default})" if default is not None else ""
+            p.add_argument(f"--{name}", type=Path, default=default, help=f"{text}{shown}")
+        p.set_defaults(func=lambda args, params, stage=stage: execute(stage, args, params))
+    p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")
+    p.set_defaults(func=status)
     return parser
 
 
@@ -179,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"medtailor {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         print(f"medtailor {args.command}: error: {exc}", file=sys.stderr)
         return 1
     if summary:
-        print(json.dumps({args.command: summary}, indent=2))
+        print(json.dumps({args.command: summary}, indent=2, default=str))
     return 0
 
 

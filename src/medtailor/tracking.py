@@ -64,8 +64,11 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def stage_run(stage: str, params: Mapping[str, Any], run_name: str | None = None) -> Iterator[Any]:
-    """Open an MLflow run for one execution of ``stage``, logging its params and tags."""
+def stage_run(
+    stage: str, params: Mapping[str, Any], sections: tuple[str, ...] | None = None
+) -> Iterator[Any]:
+    """Open an MLflow run for one execution of ``stage``, logging the params ``sections``
+    it reads (default: the section named like the stage) and the provenance tags."""
     import mlflow
 
     uri = tracking_uri(params["tracking"])
@@ -80,11 +83,13 @@ def stage_run(stage: str, params: Mapping[str, Any], run_name: str | None = None
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=run_name or stage,
+        run_name=stage,
         parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
         tags=tags,
     ) as run:
-        stage_params = {"seed": params["seed"], **flatten(params.get(stage, {}), f"{stage}.")}
+        stage_params: dict[str, Any] = {"seed": params["seed"]}
+        for section in sections or (stage,):
+            stage_params.update(flatten(params.get(section, {}), f"{section}."))
         mlflow.log_params(stage_params)
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
         yield run

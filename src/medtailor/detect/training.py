@@ -1,0 +1,169 @@
+"""Training the built-in RetinaNet detectors on the training split."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medtailor.detect.data import KINDS, DetectionImage, load_detection_images, random_crop
+from medtailor.detect.inference import lesion_recall, predict_boxes
+from medtailor.detect.model import build_detector, device
+from medtailor.imageio import atomic_path
+from medtailor.split import manifest_with_split
+
+log = logging.getLogger(__name__)
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    tmp = atomic_path(path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _batches(
+    images: list[DetectionImage], cfg: Mapping[str, Any], rng: np.random.Generator
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    crops = [
+        random_crop(images[i], tuple(cfg["patch_size"]), rng, float(cfg["lesion_crop_fraction"]))
+        for i in rng.permutation(np.repeat(np.arange(len(images)), int(cfg["crops_per_image"])))
+    ]
+    size = int(cfg["batch_size"])
+    return [crops[i : i + size] for i in range(0, len(crops), size)]
+
+
+def validation_recall(detector, images, cfg, patches_cfg) -> float:
+    candidates = [predict_boxes(detector, item.image, tuple(cfg["patch_size"])) for item in images]
+    found, total = lesion_recall(
+        [item.boxes for item in images],
+        candidates,
+        float(patches_cfg["min_score"]),
+        float(patches_cfg["positive_iou"]),
+    )
+    return found / total if total else float("nan")
+
+
+def train_kind(
+    kind: str,
+    train: list[DetectionImage],
+    val: list[DetectionImage],
+    params: Mapping[str, Any],
+    out_dir: Path,
+    sink: MetricSink,
+) -> dict[str, float]:
+    cfg = params["detector"][kind]
+    seed = int(params["seed"])
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    run_device = device()
+    detector = build_detector(KINDS[kind], cfg, params["detector"]).to(run_device)
+    optimizer = torch.optim.AdamW(
+        detector.parameters(), lr=float(cfg["learning_rate"]), weight_decay=1e-4
+    )
+    epochs = int(cfg["epochs"])
+    steps = epochs * len(_batches(train, cfg, np.random.default_rng(0)))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=float(cfg["learning_rate"]), total_steps=steps, pct_start=0.1
+    )
+    best = -1.0
+    started = time.perf_counter()
+    history: dict[str, float] = {}
+    for epoch in tqdm(range(1, epochs + 1), desc=f"train_detector {kind}", unit="epoch"):
+        detector.train()
+        totals = {"classification": 0.0, "box_regression": 0.0}
+        batches = _batches(train, cfg, rng)
+        for batch in batches:
+            images = [torch.from_numpy(crop)[None].to(run_device) for crop, _ in batch]
+            targets = [
+                {
+                    "boxes": torch.as_tensor(boxes, dtype=torch.float32, device=run_device),
+                    "labels": torch.zeros(len(boxes), dtype=torch.long, device=run_device),
+                }
+                for _, boxes in batch
+            ]
+            losses = detector(images, targets)
+            loss = losses["classification"] + losses["box_regression"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for key in totals:
+                totals[key] += float(losses[key].detach()) / len(batches)
+        metrics = {f"{kind}_loss_{k}": v for k, v in totals.items()}
+        last = epoch == epochs
+        if val and (epoch % int(cfg["validate_every"]) == 0 or last):
+            recall = validation_recall(detector, val, cfg, params["patches"])
+            metrics[f"{kind}_val_recall"] = recall
+            payload = {
+                "state_dict": detector.state_dict(),
+                "kind": kind,
+                "spatial_dims": KINDS[kind],
+                "epoch": epoch,
+                "val_recall": recall,
+            }
+            # Later epochs win ties: the model has seen more data for the same recall.
+            if recall >= best or np.isnan(recall):
+                best = recall
+                save_checkpoint(out_dir / f"{kind}.pt", payload)
+                history[f"{kind}_best_epoch"] = epoch
+        sink(metrics, epoch)
+        history.update(metrics)
+    if not val:
+        save_checkpoint(
+            out_dir / f"{kind}.pt",
+            {
+                "state_dict": detector.state_dict(),
+                "kind": kind,
+                "spatial_dims": KINDS[kind],
+                "epoch": epochs,
+                "val_recall": float("nan"),
+            },
+        )
+    history[f"{kind}_best_val_recall"] = best
+    history[f"{kind}_seconds"] = round(time.perf_counter() - started, 1)
+    history[f"{kind}_train_images"] = len(train)
+    return history
+
+
+def run_train_detector(
+    resample_dir: Path,
+    split_csv: Path,
+    out_dir: Path,
+    params: Mapping[str, Any],
+    sink: MetricSink | None = None,
+) -> dict[str, Any]:
+    """Train one detector per image kind present in the training split."""
+    sink = sink or (lambda metrics, step: None)
+    manifest = manifest_with_split(resample_dir, split_csv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.pt"):
+        stale.unlink()
+    summary: dict[str, Any] = {}
+    for kind in KINDS:
+        rows = manifest[manifest["kind"] == kind]
+        train_rows = rows[rows["split"] == "train"]
+        if train_rows.empty:
+            log.info("no %s in the training split: no %s detector", kind, kind)
+            continue
+        intensity = params["detector"][kind]["intensity"]
+        train = load_detection_images(resample_dir, train_rows, intensity)
+        val = load_detection_images(resample_dir, rows[rows["split"] == "val"], intensity)
+        summary.update(train_kind(kind, train, val, params, out_dir, sink))
+    if not summary:
+        raise RuntimeError(f"{split_csv}: the training split holds no image to train a detector on")
+    return summary

@@ -1,0 +1,185 @@
+"""``medtailor patches``: the patch-classification dataset every training stage reads.
+
+Candidates with score > ``patches.min_score`` are labelled by their best IoU with the
+ground truth of their image (see ``labelling``), cropped with context, resampled to the
+fixed patch size, scaled to [0, 1] like the detector input, and stored per kind and split
+in memory-mapped arrays with an index table (see ``store``). The split is the one
+computed once by the split stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medtailor.detect.data import box_columns
+from medtailor.imageio import load_nifti
+from medtailor.intensity import intensity_bounds, scale_intensity
+from medtailor.patches.crops import context_region, extract_patch
+from medtailor.patches.labelling import best_match, clip_boxes, label_by_iou
+from medtailor.patches.store import INDEX, PatchWriter
+from medtailor.split import SPLITS, manifest_with_split
+from medtailor.tables import read_boxes
+
+INDEX_COLUMNS = [
+    "patch_id",
+    "image_id",
+    "study_id",
+    "patient_id",
+    "kind",
+    "split",
+    "row",
+    "x0",
+    "y0",
+    "z0",
+    "x1",
+    "y1",
+    "z1",
+    "score",
+    "best_iou",
+    "gt_id",
+    "label",
+]
+
+
+def label_candidates(
+    manifest: pd.DataFrame, candidates: pd.DataFrame, truths: pd.DataFrame, cfg: dict[str, Any]
+) -> pd.DataFrame:
+    """The patch index without rows: every kept candidate with best IoU, match and label."""
+    kept = candidates[candidates["score"] > float(cfg["min_score"])]
+    by_image = {image_id: group for image_id, group in truths.groupby("image_id")}
+    parts = []
+    for _, row in manifest.iterrows():
+        own = kept[kept["image_id"] == row["image_id"]]
+        if own.empty:
+            continue
+        ndim, shape = int(row["ndim"]), tuple(int(v) for v in row["shape"])
+        gt = by_image.get(row["image_id"], pd.DataFrame(columns=truths.columns))
+        boxes = clip_boxes(own[box_columns(ndim)].to_numpy(float), shape)
+        truth_boxes = clip_boxes(gt[box_columns(ndim)].to_numpy(float), shape)
+        best, index = best_match(boxes, truth_boxes)
+        part = own[
+            ["candidate_id", "image_id", "kind", "x0", "y0", "z0", "x1", "y1", "z1", "score"]
+        ].copy()
+        part = part.rename(columns={"candidate_id": "patch_id"})
+        part["study_id"], part["patient_id"], part["split"] = (
+            row["study_id"],
+            row["patient_id"],
+            row["split"],
+        )
+        part["best_iou"] = best
+        ids = gt["box_id"].to_numpy()
+        part["gt_id"] = [ids[i] if i >= 0 else "" for i in index]
+        part["label"] = label_by_iou(
+            best, row["split"], float(cfg["positive_iou"]), float(cfg["negative_iou"])
+        )
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=INDEX_COLUMNS)
+    index = pd.concat(parts, ignore_index=True)
+    index["row"] = index.groupby(["kind", "split"]).cumcount()
+    return index[INDEX_COLUMNS]
+
+
+def run_patches(
+    resample_dir: Path,
+    split_csv: Path,
+    candidates_file: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    plots_dir: Path | None = None,
+) -> dict[str, Any]:
+    cfg = params["patches"]
+    started = time.perf_counter()
+    manifest = manifest_with_split(resample_dir, split_csv)
+    candidates = pd.read_parquet(candidates_file)
+    truths = read_boxes(resample_dir / "boxes.parquet")
+    index = label_candidates(manifest, candidates, truths, cfg)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.npy"):
+        stale.unlink()
+    sizes = {"radiograph": tuple(cfg["size_2d"]), "volume": tuple(cfg["size_3d"])}
+    counts = index.groupby(["kind", "split"]).size().to_dict()
+    writer = PatchWriter(out_dir, counts, sizes, cfg["dtype"])
+    by_id = manifest.set_index("image_id")
+    for image_id, group in tqdm(index.groupby("image_id"), desc="patches", unit="image"):
+        row = by_id.loc[image_id]
+        ndim, kind = int(row["ndim"]), row["kind"]
+        image, _ = load_nifti(resample_dir / row["image_path"])
+        intensity = params["detector"][kind]["intensity"]
+        scaled = scale_intensity(image, intensity_bounds(image, intensity))
+        for _, patch in group.iterrows():
+            box = patch[box_columns(ndim)].to_numpy(float)
+            low, high = context_region(box, float(cfg["context"]), bool(cfg["square"]))
+            writer.write(
+                kind,
+                patch["split"],
+                int(patch["row"]),
+                extract_patch(scaled, low, high, sizes[kind]),
+            )
+    writer.close()
+    index.to_parquet(out_dir / INDEX, index=False)
+
+    summary = summarise(index, candidates, manifest, truths, cfg)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    if plots_dir is not None:
+        write_iou_histogram(index, plots_dir)
+    return summary
+
+
+def summarise(
+    index: pd.DataFrame,
+    candidates: pd.DataFrame,
+    manifest: pd.DataFrame,
+    truths: pd.DataFrame,
+    cfg: dict,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {"patches": len(index)}
+    for kind, count in index["kind"].value_counts().sort_index().items():
+        summary[f"{kind}_patches"] = int(count)
+    names = {1: "positive", 0: "negative", -1: "ignored"}
+    for split in SPLITS:
+        chosen = index[index["split"] == split]
+        for value, name in names.items():
+            summary[f"{split}_{name}"] = int((chosen["label"] == value).sum())
+        # Detector recall on this split: lesions with a kept candidate of IoU > positive_iou.
+        images = set(manifest.loc[manifest["split"] == split, "image_id"])
+        lesions = truths[truths["image_id"].isin(images)]
+        hit = set(chosen.loc[chosen["best_iou"] > float(cfg["positive_iou"]), "gt_id"])
+        summary[f"{split}_lesions"] = len(lesions)
+        summary[f"{split}_recall"] = (
+            round(len(hit & set(lesions["box_id"])) / len(lesions), 4)
+            if len(lesions)
+            else float("nan")
+        )
+    return summary
+
+
+def write_iou_histogram(index: pd.DataFrame, plots_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    edges = np.linspace(0, 1, 21)
+    table = pd.DataFrame({"iou_low": edges[:-1], "iou_high": edges[1:]})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for split in SPLITS:
+        values = index.loc[index["split"] == split, "best_iou"].to_numpy(float)
+        table[split] = np.histogram(values, edges)[0]
+        ax.hist(values, edges, histtype="step", label=split)
+    table.to_csv(plots_dir / "patches_iou.csv", index=False)
+    ax.set_xlabel("best IoU with a ground-truth box")
+    ax.set_ylabel("candidates")
+    ax.set_yscale("symlog")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plots_dir / "patches_iou.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""The patch store: one memory-mapped array per (kind, split) plus an index table.
+
+``<kind>_<split>.npy`` holds patches (N, *size) in the dtype of params; row ``r`` of it is
+described by the index row with that kind, split and ``row``. Readers map the arrays
+(``mmap_mode='r'``), so memory stays flat whatever the number of patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+INDEX = "index.parquet"
+
+
+def array_path(root: Path, kind: str, split: str) -> Path:
+    return root / f"{kind}_{split}.npy"
+
+
+class PatchStore:
+    """Read access to a patch store written by the patches stage."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.index = pd.read_parquet(self.root / INDEX)
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def array(self, kind: str, split: str) -> np.ndarray:
+        key = (kind, split)
+        if key not in self._arrays:
+            self._arrays[key] = np.load(array_path(self.root, kind, split), mmap_mode="r")
+        return self._arrays[key]
+
+    def rows(self, kind: str, split: str) -> pd.DataFrame:
+        chosen = self.index[(self.index["kind"] == kind) & (self.index["split"] == split)]
+        return chosen.sort_values("row")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def iter_batches(
+        self, kind: str, split: str, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        """Contiguous batches (copies of the mapped rows) with their index rows."""
+        array, rows = self.array(kind, split), self.rows(kind, split)
+        for start in range(0, len(rows), batch_size):
+            part = rows.iloc[start : start + batch_size]
+            yield np.asarray(array[part["row"].to_numpy()]), part
+
+
+class PatchWriter:
+    """Allocates the memory-mapped arrays up front and fills them row by row."""
+
+    def __init__(
+        self,
+        root: Path,
+        counts: dict[tuple[str, str], int],
+        sizes: dict[str, tuple[int, ...]],
+        dtype: str,
+    ):
+        self.arrays = {
+            key: np.lib.format.open_memmap(
+                array_path(root, *key), mode="w+", dtype=np.dtype(dtype), shape=(n, *sizes[key[0]])
+            )
+            for key, n in counts.items()
+        }
+
+    def write(self, kind: str, split: str, row: int, patch: np.ndarray) -> None:
+        self.arrays[(kind, split)][row] = patch
+
+    def close(self) -> None:
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays.clear()

@@ -1,0 +1,25 @@
+rule patches:
+    input:
+        data=rules.resample.output.data,
+        split=rules.split.output.table,
+        candidates=rules.detect.output.candidates,
+    output:
+        store=directory("data/patches"),
+        metrics="metrics/patches.json",
+        plot="plots/patches_iou.png",
+        table="plots/patches_iou.csv",
+    log:
+        "logs/patches.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        cpus_per_task=1,
+    params:
+        file=PARAMS,
+        patches=config["patches"],
+        radiograph_intensity=config["detector"]["radiograph"]["intensity"],
+        volume_intensity=config["detector"]["volume"]["intensity"],
+    shell:
+        "medtailor patches --params {params.file} --input {input.data} --split {input.split} --candidates {input.candidates} --output {output.store} --plots plots --metrics {output.metrics} > {log} 2>&1"
