@@ -66,3 +66,50 @@ def resampled(ingested, repo_params: dict, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("resample")
     summary = run_resample(ingested[0], out, small(repo_params))
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def detection_run(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default synthetic dataset through split, train_detector, detect and patches."""
+    from medtailor.detect import run_detect, run_train_detector
+    from medtailor.ingest import run_ingest
+    from medtailor.patches import run_patches
+    from medtailor.resample import run_resample
+    from medtailor.split import run_split
+    from medtailor.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("detection")
+    params = copy.deepcopy(repo_params)
+    generate_dataset(params, root / "synth")
+    run_ingest(root / "synth", root / "ingest", params)
+    run_resample(root / "ingest", root / "resample", params)
+    split_csv = root / "split" / "split.csv"
+    run_split(root / "resample", split_csv, params)
+    history: list[tuple[int, dict]] = []
+    train_summary = run_train_detector(
+        root / "resample",
+        split_csv,
+        root / "detector",
+        params,
+        lambda m, step: history.append((step, m)),
+    )
+    detect_summary = run_detect(
+        root / "resample", root / "detector", root / "candidates.parquet", params
+    )
+    patches_summary = run_patches(
+        root / "resample",
+        split_csv,
+        root / "candidates.parquet",
+        root / "patches",
+        params,
+        root / "plots",
+    )
+    return {
+        "root": root,
+        "params": params,
+        "split_csv": split_csv,
+        "train": train_summary,
+        "history": history,
+        "detect": detect_summary,
+        "patches": patches_summary,
+    }

@@ -41,6 +41,12 @@ BOX_CORNERS = ["x0", "y0", "z0", "x1", "y1", "z1"]
 AUDIT_COLUMNS = ["source", "reason"]
 
 
+def box_columns(ndim: int) -> list[str]:
+    """The corner columns of a 2D (x0, y0, x1, y1) or 3D (x0, y0, z0, x1, y1, z1) box."""
+    axes = "xyz"[:ndim]
+    return [f"{a}0" for a in axes] + [f"{a}1" for a in axes]
+
+
 def _write(frame: pd.DataFrame, path: Path) -> Path:
     tmp = atomic_path(path)
     try:

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.detect.data import KINDS, box_columns, load_detection_images
+from medtailor.detect.data import KINDS, load_detection_images
 from medtailor.detect.external import load_external_boxes
 from medtailor.detect.inference import predict_boxes
 from medtailor.detect.model import build_detector, device
 from medtailor.detect.training import load_checkpoint, run_train_detector
 from medtailor.imageio import atomic_path
 from medtailor.spatial import voxel_to_world
-from medtailor.tables import manifest_affine, read_manifest
+from medtailor.tables import box_columns, manifest_affine, read_manifest
 
 __all__ = ["run_detect", "run_train_detector"]
 log = logging.getLogger(__name__)

@@ -12,14 +12,9 @@ import pandas as pd
 
 from medtailor.imageio import load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
-from medtailor.tables import read_boxes
+from medtailor.tables import box_columns, read_boxes
 
 KINDS = {"radiograph": 2, "volume": 3}
-
-
-def box_columns(ndim: int) -> list[str]:
-    axes = "xyz"[:ndim]
-    return [f"{a}0" for a in axes] + [f"{a}1" for a in axes]
 
 
 @dataclass

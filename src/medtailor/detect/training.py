@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def warmup_cosine(total_steps: int, warmup_share: float = 0.05) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total_steps``."""
+    warmup = max(1, int(warmup_share * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def _batches(
@@ -77,9 +91,7 @@ def train_kind(
     )
     epochs = int(cfg["epochs"])
     steps = epochs * len(_batches(train, cfg, np.random.default_rng(0)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=float(cfg["learning_rate"]), total_steps=steps, pct_start=0.1
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     best = -1.0
     started = time.perf_counter()
     history: dict[str, float] = {}

@@ -17,14 +17,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.detect.data import box_columns
 from medtailor.imageio import load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
 from medtailor.patches.labelling import best_match, clip_boxes, label_by_iou
 from medtailor.patches.store import INDEX, PatchWriter
 from medtailor.split import SPLITS, manifest_with_split
-from medtailor.tables import read_boxes
+from medtailor.tables import box_columns, read_boxes
 
 INDEX_COLUMNS = [
     "patch_id",
@@ -50,40 +49,36 @@ INDEX_COLUMNS = [
 def label_candidates(
     manifest: pd.DataFrame, candidates: pd.DataFrame, truths: pd.DataFrame, cfg: dict[str, Any]
 ) -> pd.DataFrame:
-    """The patch index without rows: every kept candidate with best IoU, match and label."""
+    """The patch index: every kept candidate with its best IoU, matched box, label and row."""
     kept = candidates[candidates["score"] > float(cfg["min_score"])]
-    by_image = {image_id: group for image_id, group in truths.groupby("image_id")}
-    parts = []
-    for _, row in manifest.iterrows():
-        own = kept[kept["image_id"] == row["image_id"]]
-        if own.empty:
-            continue
-        ndim, shape = int(row["ndim"]), tuple(int(v) for v in row["shape"])
-        gt = by_image.get(row["image_id"], pd.DataFrame(columns=truths.columns))
-        boxes = clip_boxes(own[box_columns(ndim)].to_numpy(float), shape)
-        truth_boxes = clip_boxes(gt[box_columns(ndim)].to_numpy(float), shape)
-        best, index = best_match(boxes, truth_boxes)
-        part = own[
-            ["candidate_id", "image_id", "kind", "x0", "y0", "z0", "x1", "y1", "z1", "score"]
-        ].copy()
-        part = part.rename(columns={"candidate_id": "patch_id"})
-        part["study_id"], part["patient_id"], part["split"] = (
-            row["study_id"],
-            row["patient_id"],
-            row["split"],
+    meta = manifest[["image_id", "study_id", "patient_id", "split", "ndim", "shape"]]
+    index = kept.rename(columns={"candidate_id": "patch_id"}).merge(
+        meta, on="image_id", how="inner"
+    )
+    best = np.zeros(len(index))
+    gt_id = np.full(len(index), "", dtype=object)
+    truth_groups = {image_id: group for image_id, group in truths.groupby("image_id")}
+    empty = pd.DataFrame(columns=truths.columns)
+    for image_id, rows in index.groupby("image_id", sort=False).indices.items():
+        first = index.iloc[rows[0]]
+        ndim, shape = int(first["ndim"]), tuple(int(v) for v in first["shape"])
+        gt = truth_groups.get(image_id, empty)
+        boxes = clip_boxes(index[box_columns(ndim)].to_numpy(float)[rows], shape)
+        image_best, match = best_match(
+            boxes, clip_boxes(gt[box_columns(ndim)].to_numpy(float), shape)
         )
-        part["best_iou"] = best
+        best[rows] = image_best
         ids = gt["box_id"].to_numpy()
-        part["gt_id"] = [ids[i] if i >= 0 else "" for i in index]
-        part["label"] = label_by_iou(
-            best, row["split"], float(cfg["positive_iou"]), float(cfg["negative_iou"])
+        gt_id[rows] = [ids[i] if i >= 0 else "" for i in match]
+    index["best_iou"], index["gt_id"] = best, gt_id
+    index["label"] = np.int8(0)
+    for split, rows in index.groupby("split").indices.items():
+        index.iloc[rows, index.columns.get_loc("label")] = label_by_iou(
+            best[rows], split, float(cfg["positive_iou"]), float(cfg["negative_iou"])
         )
-        parts.append(part)
-    if not parts:
-        return pd.DataFrame(columns=INDEX_COLUMNS)
-    index = pd.concat(parts, ignore_index=True)
+    index = index.sort_values(["image_id", "score"], ascending=[True, False], kind="stable")
     index["row"] = index.groupby(["kind", "split"]).cumcount()
-    return index[INDEX_COLUMNS]
+    return index.reindex(columns=INDEX_COLUMNS).reset_index(drop=True)
 
 
 def run_patches(

@@ -7,8 +7,9 @@ scores every candidate the detector would hand to the classifier. Both bounds of
 in-between band are inclusive: IoU exactly 0.5 or exactly 0.2 is in between.
 
 IoU is computed here in float64 rather than with ``monai.data.box_utils.box_iou``, which
-divides by ``union + eps`` in float32: that moves IoUs that sit exactly on a threshold
-(0.2 becomes 0.19999999) and so changes labels at the documented boundaries.
+works in float32 (and divides by ``union + eps``): an IoU of exactly 0.5 comes out as
+0.49999994 or 0.50000006 depending on the coordinates, so labels at the documented
+boundaries would depend on rounding. Away from the boundaries both agree (tested).
 Boxes are clipped to the image first; a box with no extent has IoU 0 with everything.
 """
 

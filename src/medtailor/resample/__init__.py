@@ -18,6 +18,7 @@ from medtailor.imageio import load_nifti, save_nifti
 from medtailor.resample.resampling import grid_map, lowres_axis, resample_image, resample_labels
 from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import (
+    box_columns,
     manifest_affine,
     read_boxes,
     read_manifest,
@@ -26,11 +27,6 @@ from medtailor.tables import (
 )
 
 OUTPUT_CHILDREN = ["images", "labels", "manifest.parquet", "boxes.parquet"]
-
-
-def _box_columns(ndim: int) -> list[str]:
-    axes = "xyz"[:ndim]
-    return [f"{a}0" for a in axes] + [f"{a}1" for a in axes]
 
 
 def run_resample(input_dir: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +72,7 @@ def run_resample(input_dir: Path, out_dir: Path, params: dict[str, Any]) -> dict
             save_nifti(out_dir / label_rel, new_labels, new_affine)
         image_boxes = boxes[boxes["image_id"] == row["image_id"]]
         if len(image_boxes):
-            columns = _box_columns(ndim)
+            columns = box_columns(ndim)
             mapped = gmap.boxes_to_target(image_boxes[columns].to_numpy())
             moved = image_boxes.copy()
             moved[columns] = mapped
