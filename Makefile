@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	python bench/resample_vs_sitk.py
+	python bench/patches_bench.py
 
 clean:
-	rm -rf data metrics logs mlflow.db mlartifacts .snakemake
+	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -57,13 +57,16 @@ def label_candidates(
     )
     best = np.zeros(len(index))
     gt_id = np.full(len(index), "", dtype=object)
+    corners = index[["x0", "y0", "z0", "x1", "y1", "z1"]].to_numpy(float)
+    ndims = index["ndim"].to_numpy(int)
+    shapes = index["shape"].to_numpy()
     truth_groups = {image_id: group for image_id, group in truths.groupby("image_id")}
     empty = pd.DataFrame(columns=truths.columns)
     for image_id, rows in index.groupby("image_id", sort=False).indices.items():
-        first = index.iloc[rows[0]]
-        ndim, shape = int(first["ndim"]), tuple(int(v) for v in first["shape"])
+        ndim, shape = int(ndims[rows[0]]), tuple(int(v) for v in shapes[rows[0]])
+        axes = [0, 1, 3, 4] if ndim == 2 else [0, 1, 2, 3, 4, 5]
         gt = truth_groups.get(image_id, empty)
-        boxes = clip_boxes(index[box_columns(ndim)].to_numpy(float)[rows], shape)
+        boxes = clip_boxes(corners[np.ix_(rows, axes)], shape)
         image_best, match = best_match(
             boxes, clip_boxes(gt[box_columns(ndim)].to_numpy(float), shape)
         )
