@@ -38,6 +38,8 @@ def small(params: dict) -> dict:
     params = copy.deepcopy(params)
     params["synth"]["n_patients"] = 4
     params["synth"]["radiograph_studies_per_patient"] = 1
+    for kind in ("radiograph", "volume"):  # workflow tests check wiring, not detection quality
+        params["detector"][kind]["epochs"] = 2
     return params
 
 

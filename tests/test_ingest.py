@@ -7,6 +7,7 @@ import csv
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from medtailor.ingest import run_ingest
@@ -116,3 +117,29 @@ def test_boxes_keep_their_pixel_coordinates(ingested, synth_dir):
     merged = boxes.merge(raw, on=["source", "x0", "y0", "x1", "y1"], how="left", indicator=True)
     assert (merged["_merge"] == "both").all()
     assert boxes.loc[boxes["z0"].notna()].shape[0] == raw["z0"].notna().sum()
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_lossless_transfer_syntaxes_decode_to_the_same_pixels(name):
+    from pydicom.data import get_testdata_file
+
+    from medtailor.ingest.dicom import decode_pixels
+
+    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    compressed = pydicom.dcmread(get_testdata_file(name))
+    np.testing.assert_array_equal(decode_pixels(compressed), decode_pixels(reference))
+
+
+def test_jpeg_decodes_and_a_corrupt_jpeg_is_rejected_with_its_syntax():
+    from pydicom.data import get_testdata_file
+
+    from medtailor.ingest.audit import Rejected
+    from medtailor.ingest.dicom import decode_pixels
+
+    extended = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    assert decode_pixels(extended).shape == (1024, 256)
+    # pydicom ships this file as a known non-conformant JPEG.
+    with pytest.raises(Rejected, match=r"cannot decode pixel data \(JPEG Extended"):
+        decode_pixels(pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm")))

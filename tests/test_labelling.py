@@ -99,7 +99,7 @@ def test_3d_boxes():
     np.testing.assert_allclose(iou_matrix(candidate, truth)[:, 0], [0.5, 8 / (64 + 64 - 8)])
 
 
-@pytest.mark.parametrize("ndim,split", itertools.product([2, 3], ["train", "test"]))
+@pytest.mark.parametrize("ndim,split", list(itertools.product([2, 3], ["train", "test"])))
 def test_random_cases_match_brute_force_and_monai_off_the_boundaries(ndim, split):
     rng = np.random.default_rng(ndim)
     shape = np.array([64] * ndim)

@@ -113,11 +113,15 @@ def test_dvc_repro_reruns_only_what_a_params_change_touches(project: Path):
 
     set_param(project, "resample", "order", 1)
     second = run([str(BIN / "dvc"), "repro"], project).stdout
-    assert "Running stage 'resample'" in second
+    assert "Running stage 'resample'" in second and "Running stage 'patches'" in second
     assert "Running stage 'ingest'" not in second and "Running stage 'synth'" not in second
 
+    set_param(project, "patches", "context", 0.25)
     third = run([str(BIN / "dvc"), "repro"], project).stdout
-    assert "Running stage" not in third
+    assert re.findall(r"Running stage '(\w+)'", third) == ["patches"]
+
+    fourth = run([str(BIN / "dvc"), "repro"], project).stdout
+    assert "Running stage" not in fourth
 
 
 @pytest.mark.slow
@@ -129,4 +133,10 @@ def test_snakemake_runs_the_demo_and_reruns_only_what_a_params_change_touches(pr
 
     set_param(project, "resample", "order", 1)
     jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)
-    assert set(jobs) == {"resample", "all"}
+    assert "resample" in jobs and "patches" in jobs
+    assert "ingest" not in jobs and "synth" not in jobs
+
+    set_param(project, "resample", "order", 3)
+    set_param(project, "patches", "context", 0.25)
+    jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)
+    assert set(jobs) == {"patches", "all"}

@@ -83,7 +83,7 @@ def run_patches(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     from medtailor.patches import run_patches as patches
 
     summary = patches(args.input, args.split, args.candidates, args.output, params, args.plots)
-    return summary, [args.plots / "patches_iou.png"]
+    return summary, [args.plots / "patches_iou.png", args.plots / "patches_iou.csv"]
 
 
 @dataclass(frozen=True)
