@@ -18,9 +18,11 @@ include: "workflow/rules/resample.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/patches.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.patches.output,
+        expand(rules.train.output.metrics, model=config["models"]),

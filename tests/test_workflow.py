@@ -32,6 +32,9 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
     jobs = {}
     for block in re.split(r"\n(?=rule \w+:)", out)[1:]:
         name = re.match(r"rule (\w+):", block).group(1)
+        wildcard = re.search(r"^\s+wildcards: \w+=(\S+)$", block, re.M)
+        if wildcard:  # one DVC foreach stage per wildcard value: train@<model>
+            name = f"{name}@{wildcard.group(1)}"
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
         jobs[name] = {
@@ -43,15 +46,22 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
 
 
 def snakemake_params() -> dict[str, set[str]]:
-    """Rule -> dotted params keys it passes (``config["a"]["b"]`` is ``a.b``)."""
+    """Rule -> dotted params keys it passes (``config["a"]["b"]`` is ``a.b``;
+    ``config["models"][wildcards.model]`` is ``models.{model}``)."""
     found: dict[str, set[str]] = {}
     for path in (REPO / "workflow" / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule \w+:)", path.read_text()):
             name = re.match(r"rule (\w+):", block)
             section = re.search(r"\n    params:\n(.*?)\n    \w+:", block, re.S)
             if name and section:
-                keys = re.findall(r'=config((?:\["\w+"\])+)', section.group(1))
-                found[name.group(1)] = {".".join(re.findall(r'"(\w+)"', k)) for k in keys}
+                keys = re.findall(r'config((?:\[(?:"\w+"|wildcards\.\w+)\])+)', section.group(1))
+                found[name.group(1)] = {
+                    ".".join(
+                        re.sub(r"wildcards\.(\w+)", r"{\1}", p).strip('"')
+                        for p in re.findall(r"\[([^\]]+)\]", k)
+                    )
+                    for k in keys
+                }
     return found
 
 
@@ -83,7 +93,9 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
         }
         assert data_deps == job["input"], name
         params = {key for d in stage.deps if d.def_path == "params.yaml" for key in d.params}
-        assert params == rule_params[name], name
+        rule, _, value = name.partition("@")
+        expected = {key.replace("{model}", value) for key in rule_params[rule]}
+        assert params == expected, name
 
 
 @pytest.fixture()

@@ -86,6 +86,25 @@ def run_patches(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, [args.plots / "patches_iou.png", args.plots / "patches_iou.csv"]
 
 
+def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.tracking import flatten
+    from medtailor.train import model_entry
+    from medtailor.train import run_train as train
+
+    output = args.output if args.output != DATA / "models" else DATA / "models" / args.model
+    mlflow.set_tag("medtailor.model", args.model)
+    mlflow.log_params(flatten(model_entry(params, args.model), "model."))
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    summary = train(args.model, args.input, output, params, sink)
+    artifacts = [output / name for name in ("best.pt", "predictions.parquet", "history.csv")]
+    return summary, artifacts
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage as a subcommand: its runner, help, params sections and paths."""
@@ -175,6 +194,15 @@ STAGES = [
             "plots": (PLOTS, "folder for plots"),
         },
     ),
+    Stage(
+        "train",
+        run_train,
+        "Fine-tune the timm classifier of one named model configuration (params 'models.<name>' "
+        "over the 'train' recipe) on the patch store; writes checkpoints and predictions.",
+        ("train",),
+        DATA / "models",
+        {"input": (DATA / "patches", "patch store")},
+    ),
 ]
 
 
@@ -200,10 +228,37 @@ def record_summary(summary: dict[str, Any], metrics: Path, artifacts: list[Path]
 def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import stage_run
 
-    with stage_run(stage.name.replace("-", "_"), params, stage.sections):
+    run_name = stage.name.replace("-", "_")
+    if stage.name == "train":
+        run_name = f"train:{args.model}"
+        if args.metrics == METRICS / "train.json":
+            args.metrics = METRICS / "train" / f"{args.model}.json"
+    with stage_run(run_name, params, stage.sections):
         summary, artifacts = stage.run(args, params)
         record_summary(summary, args.metrics, artifacts)
     return summary
+
+
+def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    from medtailor.train import model_entry, model_info
+
+    names = sorted(params["models"]) if args.action == "list" or not args.names else args.names
+    for name in names:
+        entry = model_entry(params, name)
+        line = (
+            f"{name:<22} {entry['model']:<22} init={entry['init']:<12} "
+            f"head={entry['head']['type']:<9} unfreeze={entry['unfreeze']} "
+            f"truncate={entry['truncate']}"
+        )
+        if args.action == "info":
+            info = model_info(entry, input_size=args.input_size)
+            line += (
+                f"\n{'':<22} parameters {info['parameters'] / 1e6:.2f} M "
+                f"(trainable {info['trainable_parameters'] / 1e6:.2f} M), "
+                f"MACs {info['macs'] / 1e9:.3f} G at {info['input_size']}x{info['input_size']}"
+            )
+        print(line)
+    return {}
 
 
 def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
@@ -257,10 +312,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--metrics", type=Path, default=metrics, help=f"summary JSON (default: {metrics})"
         )
+        if stage.name == "train":
+            p.add_argument(
+                "--model", required=True, help="name of a configuration in params 'models'"
+            )
         for name, (default, text) in stage.paths.items():
             shown = f" (default: {default})" if default is not None else ""
             p.add_argument(f"--{name}", type=Path, default=default, help=f"{text}{shown}")
         p.set_defaults(func=lambda args, params, stage=stage: execute(stage, args, params))
+    p = sub.add_parser(
+        "models", help="List model configurations, or show their parameters and MACs."
+    )
+    p.add_argument("action", choices=["list", "info"])
+    p.add_argument("names", nargs="*", help="configurations (default: all)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input side for MACs (default: the configuration's)",
+    )
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.set_defaults(func=models_command)
     p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from medtailor.imageio import load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
-from medtailor.patches.labelling import best_match, clip_boxes, label_by_iou
+from medtailor.patches.labelling import best_match, clip_boxes, iou_matrix, label_by_iou
 from medtailor.patches.store import INDEX, PatchWriter
 from medtailor.split import SPLITS, manifest_with_split
 from medtailor.tables import box_columns, read_boxes
@@ -131,6 +131,27 @@ def run_patches(
     return summary
 
 
+def lesions_found(
+    index: pd.DataFrame, truths: pd.DataFrame, manifest: pd.DataFrame, iou: float
+) -> set[str]:
+    """Ground-truth boxes overlapped (IoU > ``iou``) by at least one kept candidate."""
+    found: set[str] = set()
+    shapes = manifest.set_index("image_id")["shape"]
+    candidates = dict(tuple(index.groupby("image_id")))
+    for image_id, gt in truths.groupby("image_id"):
+        own = candidates.get(image_id)
+        if own is None:
+            continue
+        shape = tuple(int(v) for v in shapes[image_id])
+        columns = box_columns(len(shape))
+        overlap = iou_matrix(
+            clip_boxes(gt[columns].to_numpy(float), shape),
+            clip_boxes(own[columns].to_numpy(float), shape),
+        )
+        found.update(gt["box_id"].to_numpy()[overlap.max(axis=1) > iou])
+    return found
+
+
 def summarise(
     index: pd.DataFrame,
     candidates: pd.DataFrame,
@@ -138,25 +159,28 @@ def summarise(
     truths: pd.DataFrame,
     cfg: dict,
 ) -> dict[str, Any]:
+    """Counts per kind, split and label, and the detector's lesion recall per split and kind
+    (lesions with a kept candidate of IoU > positive_iou)."""
     summary: dict[str, Any] = {"patches": len(index)}
     for kind, count in index["kind"].value_counts().sort_index().items():
         summary[f"{kind}_patches"] = int(count)
     names = {1: "positive", 0: "negative", -1: "ignored"}
+    found = lesions_found(index, truths, manifest, float(cfg["positive_iou"]))
+    located = truths.merge(manifest[["image_id", "split", "kind"]], on="image_id")
     for split in SPLITS:
         chosen = index[index["split"] == split]
         for value, name in names.items():
             summary[f"{split}_{name}"] = int((chosen["label"] == value).sum())
-        # Detector recall on this split: lesions with a kept candidate of IoU > positive_iou.
-        images = set(manifest.loc[manifest["split"] == split, "image_id"])
-        lesions = truths[truths["image_id"].isin(images)]
-        hit = set(chosen.loc[chosen["best_iou"] > float(cfg["positive_iou"]), "gt_id"])
+        lesions = located[located["split"] == split]
         summary[f"{split}_lesions"] = len(lesions)
-        summary[f"{split}_recall"] = (
-            round(len(hit & set(lesions["box_id"])) / len(lesions), 4)
-            if len(lesions)
-            else float("nan")
-        )
+        summary[f"{split}_recall"] = _recall(lesions, found)
+        for kind, group in lesions.groupby("kind"):
+            summary[f"{split}_{kind}_recall"] = _recall(group, found)
     return summary
+
+
+def _recall(lesions: pd.DataFrame, found: set[str]) -> float:
+    return round(float(lesions["box_id"].isin(found).mean()), 4) if len(lesions) else float("nan")
 
 
 def write_iou_histogram(index: pd.DataFrame, plots_dir: Path) -> None:

@@ -1,0 +1,59 @@
+"""``medtailor train --model <name>``: fine-tune one named model configuration.
+
+A configuration is ``models.<name>`` in params.yaml merged over the ``train`` recipe
+defaults (``recipe`` overrides them per model). Outputs in ``data/models/<name>/``:
+``best.pt`` (EMA weights of the best validation AUC), ``last.pt`` (resumable state),
+``predictions.parquet`` (probabilities for every val and test patch), ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from medtailor.train.loop import MetricSink, train_model
+
+
+def model_entry(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The full configuration of model ``name``: recipe defaults, then the entry's own keys."""
+    if name not in params["models"]:
+        raise ValueError(
+            f"no model configuration {name!r}; params.yaml defines {sorted(params['models'])}"
+        )
+    entry = copy.deepcopy(params["models"][name])
+    recipe = {**copy.deepcopy(params["train"]), **entry.pop("recipe", {})}
+    return {**recipe, **entry}
+
+
+def model_info(
+    entry: dict[str, Any], num_classes: int = 2, input_size: int | None = None
+) -> dict[str, Any]:
+    """Parameters and MACs of a configuration (random weights: nothing is downloaded)."""
+    from medtailor.train.architecture import build_classifier
+    from medtailor.train.complexity import complexity
+
+    size = int(input_size or entry["input_size"])
+    built = build_classifier(
+        {**entry, "init": "scratch"} if not entry["init"].startswith("gabor") else entry,
+        num_classes,
+    )
+    return {
+        "model": entry["model"],
+        "input_size": size,
+        **complexity(built, (int(entry["input_channels"]), size, size)),
+    }
+
+
+def run_train(
+    name: str,
+    store_dir: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    sink: MetricSink | None = None,
+) -> dict[str, Any]:
+    entry = model_entry(params, name)
+    summary = train_model(name, entry, store_dir, out_dir, int(params["seed"]), sink)
+    if summary:
+        summary.update({k: v for k, v in model_info(entry).items() if k != "model"})
+    return summary

