@@ -35,6 +35,7 @@ lint: setup
 bench: setup
 	python bench/resample_vs_sitk.py
 	python bench/patches_bench.py
+	python bench/train_overhead.py
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -36,7 +36,7 @@ MANIFEST_COLUMNS = [
     "transfer_syntax",
     "photometric",
 ]
-BOX_COLUMNS = ["image_id", "box_id", "x0", "y0", "z0", "x1", "y1", "z1", "class_id"]
+BOX_COLUMNS = ["image_id", "box_id", "lesion_id", "x0", "y0", "z0", "x1", "y1", "z1", "class_id"]
 BOX_CORNERS = ["x0", "y0", "z0", "x1", "y1", "z1"]
 AUDIT_COLUMNS = ["source", "reason"]
 

@@ -122,8 +122,13 @@ class _Writer:
                 clipped = self._check_box(box, array.shape, key)
                 if clipped is not None:
                     n_boxes += 1
+                    box_id = f"{image_id}-b{n_boxes}"
+                    # One lesion may be boxed on several images of a study: a shared
+                    # lesion_id (pseudonymised with the study) links them for the FROC.
+                    lesion = clipped.pop("lesion_id")
+                    lesion_id = self.pseudo("lesion", f"{study_id}|{lesion}") if lesion else box_id
                     self.boxes.append(
-                        {"image_id": image_id, "box_id": f"{image_id}-b{n_boxes}", **clipped}
+                        {"image_id": image_id, "box_id": box_id, "lesion_id": lesion_id, **clipped}
                     )
         self.manifest.append(
             {

@@ -71,6 +71,7 @@ def _parse_box(row: dict[str, str]) -> dict[str, Any]:
         lo, hi = box[f"{axis}0"], box[f"{axis}1"]
         if not math.isnan(lo) and hi <= lo:
             raise ValueError(f"{axis}1 ({hi:g}) must be greater than {axis}0 ({lo:g})")
+    box["lesion_id"] = (row.get("lesion_id") or "").strip()
     class_text = (row.get("class_id") or "1").strip() or "1"
     try:
         box["class_id"] = int(class_text)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
-PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I"}
+PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I", "lesion": "L"}
 
 
 class Pseudonymizer:
