@@ -19,10 +19,10 @@ include: "workflow/rules/split.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.patches.output,
-        expand(rules.train.output.metrics, model=config["models"]),
+        rules.evaluate.output,

@@ -38,8 +38,10 @@ def small(params: dict) -> dict:
     params = copy.deepcopy(params)
     params["synth"]["n_patients"] = 4
     params["synth"]["radiograph_studies_per_patient"] = 1
-    for kind in ("radiograph", "volume"):  # workflow tests check wiring, not detection quality
+    for kind in ("radiograph", "volume"):  # workflow tests check wiring, not model quality
         params["detector"][kind]["epochs"] = 2
+    params["train"]["epochs"] = 2
+    params["evaluate"]["bootstrap_replicates"] = 100
     return params
 
 
@@ -114,4 +116,49 @@ def detection_run(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -
         "history": history,
         "detect": detect_summary,
         "patches": patches_summary,
+    }
+
+
+@pytest.fixture(scope="session")
+def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two short trainings (ImageNet and scratch EfficientNet-Lite0) and their evaluation."""
+    from medtailor.evaluate import run_evaluate
+    from medtailor.train import model_entry, run_train
+
+    root = tmp_path_factory.mktemp("evaluation")
+    params = copy.deepcopy(detection_run["params"])
+    params["models"] = {
+        name: {
+            "model": "efficientnet_lite0",
+            "init": init,
+            "head": {"type": "linear"},
+            "unfreeze": "all",
+            "truncate": 0,
+            "recipe": {"epochs": 3},
+        }
+        for name, init in (("lite0_imagenet", "imagenet"), ("lite0_scratch", "scratch"))
+    }
+    params["evaluate"]["bootstrap_replicates"] = 200
+    info = {}
+    for name in params["models"]:
+        summary = run_train(name, detection_run["root"] / "patches", root / "models" / name, params)
+        entry = model_entry(params, name)
+        info[name] = {**summary, "init": entry["init"], "architecture": entry["model"]}
+    folders = {name: root / "models" / name for name in params["models"]}
+    flat = run_evaluate(
+        folders,
+        detection_run["root"] / "patches",
+        detection_run["root"] / "resample",
+        detection_run["split_csv"],
+        root / "evaluate",
+        params,
+        info,
+    )
+    return {
+        "root": root,
+        "params": params,
+        "flat": flat,
+        "folders": folders,
+        "info": info,
+        "store": detection_run["root"] / "patches",
     }

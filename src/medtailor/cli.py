@@ -105,6 +105,54 @@ def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, artifacts
 
 
+def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.evaluate import run_evaluate as evaluate
+    from medtailor.train import model_entry
+
+    names = args.models or sorted(params["models"])
+    folders = {name: args.trained / name for name in names}
+    info = {}
+    for name in names:
+        metrics_file = METRICS / "train" / f"{name}.json"
+        counted = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        entry = model_entry(params, name)
+        info[name] = {**counted, "init": entry["init"], "architecture": entry["model"]}
+    summary = evaluate(folders, args.input, args.resample, args.split, args.output, params, info)
+    log_to_model_runs(summary, names)
+    artifacts = [
+        args.output / "report.md",
+        args.output / "summary.json",
+        args.output / "roc.csv",
+        args.output / "froc.csv",
+    ]
+    artifacts += sorted((args.output / "figures").glob("*.png"))
+    mlflow.set_tag("medtailor.models", ",".join(names))
+    return summary, artifacts
+
+
+def log_to_model_runs(summary: dict[str, Any], names: list[str]) -> None:
+    """Copy each model's test metrics onto its latest training run."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id)
+    for name in names:
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`medtailor.model` = '{name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            continue
+        for key in ("test_auc", "test_aufroc"):
+            value = summary.get(f"{name}_{key}")
+            if value is not None:
+                client.log_metric(runs[0].info.run_id, f"eval_{key}", float(value))
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage as a subcommand: its runner, help, params sections and paths."""
@@ -115,6 +163,7 @@ class Stage:
     sections: tuple[str, ...]
     output: Path
     paths: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 STAGES = [
@@ -202,6 +251,28 @@ STAGES = [
         ("train",),
         DATA / "models",
         {"input": (DATA / "patches", "patch store")},
+        {"model": {"required": True, "help": "name of a configuration in params 'models'"}},
+    ),
+    Stage(
+        "evaluate",
+        run_evaluate,
+        "Evaluate every trained model (AUC, operating point, FROC/AUFROC with bootstrap CIs, "
+        "DeLong/McNemar comparisons, Grad-CAM) and write the report (params 'evaluate').",
+        ("evaluate",),
+        DATA / "evaluate",
+        {
+            "input": (DATA / "patches", "patch store"),
+            "resample": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+            "trained": (DATA / "models", "folder of the trained models"),
+        },
+        {
+            "models": {
+                "nargs": "*",
+                "default": None,
+                "help": "configurations (default: all in params)",
+            }
+        },
     ),
 ]
 
@@ -312,10 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--metrics", type=Path, default=metrics, help=f"summary JSON (default: {metrics})"
         )
-        if stage.name == "train":
-            p.add_argument(
-                "--model", required=True, help="name of a configuration in params 'models'"
-            )
+        for name, options in stage.options.items():
+            p.add_argument(f"--{name}", **options)
         for name, (default, text) in stage.paths.items():
             shown = f" (default: {default})" if default is not None else ""
             p.add_argument(f"--{name}", type=Path, default=default, help=f"{text}{shown}")

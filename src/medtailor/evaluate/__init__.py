@@ -1,0 +1,289 @@
+"""``medtailor evaluate``: trustworthy statistics for every trained model, and the report.
+
+For each model (its ``predictions.parquet``): AUC on val and test with patient-clustered
+bootstrap CIs; a threshold chosen on validation (Youden) and test sensitivity,
+specificity, precision, F1 and accuracy with CIs; the detection-level FROC on the test
+split with the classifier's probabilities replacing the detector's scores (AUFROC with a
+study-bootstrap CI, LUNA16 score), next to the detector's own FROC; Grad-CAM figures.
+Across models: pairwise DeLong and McNemar tests with Holm correction, paired bootstrap
+AUC differences, Spearman correlations and plots, written to ``report.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+from tqdm import tqdm
+
+from medtailor.evaluate.classification import (
+    auc_with_ci,
+    evaluable,
+    load_predictions,
+    operating_point,
+)
+from medtailor.evaluate.detection import candidate_hits, froc_summary
+from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
+from medtailor.patches.store import PatchStore
+from medtailor.split import manifest_with_split
+from medtailor.tables import read_boxes
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN becomes None (an undefined metric), numpy scalars become Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def evaluate_model(
+    name: str,
+    frame: pd.DataFrame,
+    detection: dict[str, Any],
+    cfg: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    val, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
+    result: dict[str, Any] = {"model": name}
+    for split, part in (("val", val), ("test", test)):
+        result[split] = auc_with_ci(part, replicates, level, seed)
+    result["test_operating_point"] = operating_point(val, test, replicates, level, seed)
+    candidates = detection["candidates"].merge(
+        test[["patch_id", "prob"]], on="patch_id", how="inner"
+    )
+    froc, curve = froc_summary(
+        candidates,
+        detection["lesions"],
+        detection["images"],
+        "prob",
+        cfg["froc"],
+        replicates,
+        level,
+        seed,
+    )
+    result["test_froc"] = froc
+    return result, {"froc": curve.assign(model=name)}
+
+
+def detection_inputs(
+    resample_dir: Path, split_csv: Path, index: pd.DataFrame, kind: str, cfg: dict
+) -> dict:
+    """Test-split candidates with their lesion hits, the lesions and the images, for FROC."""
+    manifest = manifest_with_split(resample_dir, split_csv)
+    images = manifest[(manifest["split"] == "test") & (manifest["kind"] == kind)][
+        ["image_id", "study_id", "shape"]
+    ]
+    truths = read_boxes(resample_dir / "boxes.parquet")
+    truths = truths[truths["image_id"].isin(images["image_id"])]
+    truths = truths.merge(images[["image_id", "study_id"]], on="image_id")
+    lesions = truths.groupby("lesion_id", as_index=False)["study_id"].first()
+    test = index[(index["split"] == "test") & (index["kind"] == kind)]
+    candidates = candidate_hits(
+        test,
+        truths,
+        images.set_index("image_id")["shape"],
+        float(cfg["hit_iou"]),
+        float(cfg["false_positive_iou"]),
+    )
+    return {
+        "candidates": candidates,
+        "lesions": lesions,
+        "images": images[["image_id", "study_id"]],
+    }
+
+
+def compare_models(
+    frames: dict[str, pd.DataFrame], results: dict[str, dict], cfg: dict, seed: int
+) -> list[dict]:
+    """Pairwise tests on the test split (the same patches for every model)."""
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    rows = []
+    for a, b in itertools.combinations(sorted(frames), 2):
+        left = evaluable(frames[a][frames[a]["split"] == "test"]).set_index("patch_id")
+        right = evaluable(frames[b][frames[b]["split"] == "test"]).set_index("patch_id")
+        common = left.index.intersection(right.index)
+        left, right = left.loc[common], right.loc[common]
+        labels = left["label"].to_numpy() == 1
+        if labels.all() or not labels.any():
+            rows.append({"a": a, "b": b, "undefined": "single-class test split"})
+            continue
+        delong = delong_test(labels, left["prob"].to_numpy(), right["prob"].to_numpy(), level)
+
+        def difference(weights, left=left, right=right, labels=labels):
+            return weighted_auc(labels, left["prob"].to_numpy(), weights) - weighted_auc(
+                labels, right["prob"].to_numpy(), weights
+            )
+
+        low, high, _ = bootstrap_metric(
+            difference, left["patient_id"].to_numpy(), replicates, level, seed
+        )
+        row = {
+            "a": a,
+            "b": b,
+            "auc_a": delong.auc_a,
+            "auc_b": delong.auc_b,
+            "difference": delong.difference,
+            "delong_z": delong.z,
+            "delong_p": delong.p_value,
+            "delong_ci": [delong.ci_low, delong.ci_high],
+            "bootstrap_difference_ci": [low, high],
+        }
+        ta = results[a]["test_operating_point"].get("threshold")
+        tb = results[b]["test_operating_point"].get("threshold")
+        if ta is not None and tb is not None:
+            mc = mcnemar_test(labels, left["prob"].to_numpy() >= ta, right["prob"].to_numpy() >= tb)
+            row.update({"mcnemar_p": mc["p_value"], "mcnemar_exact": mc["exact"]})
+        rows.append(row)
+    for key in ("delong_p", "mcnemar_p"):
+        present = [r for r in rows if key in r]
+        for row, adjusted in zip(present, holm([r[key] for r in present]), strict=True):
+            row[f"{key}_holm"] = adjusted
+    return rows
+
+
+def correlations(table: pd.DataFrame) -> list[dict]:
+    """Spearman correlations across models (CheXtransfer's analyses), where defined."""
+    found = []
+    pairs = [("parameters", "test_auc"), ("macs", "test_auc"), ("parameters", "pretraining_boost")]
+    for x, y in pairs:
+        part = table[[x, y]].dropna() if x in table and y in table else pd.DataFrame()
+        if len(part) >= 3 and part[x].nunique() > 1 and part[y].nunique() > 1:
+            rho, p = scipy_stats.spearmanr(part[x], part[y])
+            found.append({"x": x, "y": y, "rho": float(rho), "p_value": float(p), "n": len(part)})
+        else:
+            found.append(
+                {
+                    "x": x,
+                    "y": y,
+                    "undefined": f"needs 3 or more models with distinct values (have {len(part)})",
+                }
+            )
+    return found
+
+
+def run_evaluate(
+    models: dict[str, Path],
+    store_dir: Path,
+    resample_dir: Path,
+    split_csv: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    model_info: dict[str, dict],
+) -> dict[str, Any]:
+    """Evaluate every model in ``models`` (name -> its output folder); write the report."""
+    from medtailor.evaluate.report import gradcam_for_model, write_report
+
+    cfg, seed = params["evaluate"], int(params["seed"])
+    store = PatchStore(store_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "models").mkdir(exist_ok=True)
+    detection = detection_inputs(resample_dir, split_csv, store.index, "radiograph", cfg["froc"])
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    detector_froc, detector_curve = froc_summary(
+        detection["candidates"],
+        detection["lesions"],
+        detection["images"],
+        "score",
+        cfg["froc"],
+        replicates,
+        level,
+        seed,
+    )
+    results, frames, curves = {}, {}, [detector_curve.assign(model="detector")]
+    for name, folder in tqdm(sorted(models.items()), desc="evaluate", unit="model"):
+        frame = load_predictions(folder / "predictions.parquet", store.index)
+        result, tables = evaluate_model(name, frame, detection, cfg, seed)
+        result.update(
+            {
+                k: model_info.get(name, {}).get(k)
+                for k in ("parameters", "macs", "init", "architecture")
+            }
+        )
+        threshold = result["test_operating_point"].get("threshold")
+        if threshold is not None and int(cfg["gradcam_per_outcome"]) > 0:
+            result["gradcam"] = str(
+                gradcam_for_model(name, folder, frame, store, params, threshold, out_dir)
+            )
+        results[name], frames[name] = result, frame
+        curves.append(tables["froc"])
+        (out_dir / "models" / f"{name}.json").write_text(
+            json.dumps(_clean(result), indent=2) + "\n"
+        )
+
+    comparisons = compare_models(frames, results, cfg, seed)
+    table = summary_table(results)
+    summary = {
+        "models": _clean(results),
+        "detector_froc": _clean(detector_froc),
+        "comparisons": _clean(comparisons),
+        "correlations": _clean(correlations(table)),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    pd.concat(curves, ignore_index=True).to_csv(out_dir / "froc.csv", index=False)
+    roc_table(frames).to_csv(out_dir / "roc.csv", index=False)
+    write_report(summary, table, frames, pd.concat(curves, ignore_index=True), out_dir, params)
+    flat = {"detector_aufroc": detector_froc["aufroc"]}
+    for name, result in results.items():
+        flat[f"{name}_test_auc"] = result["test"].get("auc")
+        flat[f"{name}_test_aufroc"] = result["test_froc"].get("aufroc")
+    return _clean(flat)
+
+
+def summary_table(results: dict[str, dict]) -> pd.DataFrame:
+    rows = []
+    for name, r in results.items():
+        rows.append(
+            {
+                "model": name,
+                "architecture": r.get("architecture"),
+                "init": r.get("init"),
+                "test_auc": r["test"].get("auc"),
+                "test_auc_ci": r["test"].get("auc_ci"),
+                "test_aufroc": r["test_froc"].get("aufroc"),
+                "test_aufroc_ci": r["test_froc"].get("aufroc_ci"),
+                "parameters": r.get("parameters"),
+                "macs": r.get("macs"),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if len(table):
+        scratch = table[table["init"] == "scratch"].set_index("architecture")["test_auc"]
+        table["pretraining_boost"] = [
+            row.test_auc - scratch[row.architecture]
+            if row.init == "imagenet"
+            and row.architecture in scratch
+            and row.test_auc is not None
+            and scratch[row.architecture] is not None
+            else np.nan
+            for row in table.itertuples()
+        ]
+    return table
+
+
+def roc_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    from sklearn.metrics import roc_curve
+
+    parts = []
+    for name, frame in frames.items():
+        test = evaluable(frame[frame["split"] == "test"])
+        if test["label"].nunique() == 2:
+            fpr, tpr, _ = roc_curve(test["label"], test["prob"])
+            parts.append(pd.DataFrame({"model": name, "fpr": fpr, "tpr": tpr}))
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["model", "fpr", "tpr"])
+    )

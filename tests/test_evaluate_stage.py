@@ -1,0 +1,81 @@
+"""The evaluation stage end to end, and its refusal of input it cannot evaluate honestly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtailor.evaluate.classification import EvaluationInputError, auc_with_ci, load_predictions
+from medtailor.patches.store import PatchStore
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_tables_figures_and_metrics(evaluation_run):
+    out = evaluation_run["root"] / "evaluate"
+    summary = json.loads((out / "summary.json").read_text())
+    for name, result in summary["models"].items():
+        test = result["test"]
+        low, high = test["auc_ci"]
+        assert low <= test["auc"] <= high and 0 < test["auc"] <= 1
+        assert test["patients"] < test["n"]  # the bootstrap resampled patients, not patches
+        op = result["test_operating_point"]
+        assert (
+            0 <= op["threshold"] <= 1
+            and op["sensitivity_ci"][0] <= op["sensitivity"] <= op["sensitivity_ci"][1]
+        )
+        froc = result["test_froc"]
+        assert froc["aufroc_ci"][0] <= froc["aufroc"] <= froc["aufroc_ci"][1]
+        assert (out / "models" / f"{name}.json").is_file()
+        assert (out / "figures" / f"gradcam_{name}.png").is_file()
+    assert summary["detector_froc"]["lesions"] > 0
+    (comparison,) = summary["comparisons"]
+    assert 0 <= comparison["delong_p"] <= comparison["delong_p_holm"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| lite0_imagenet | efficientnet_lite0 | imagenet |" in report
+    assert "DeLong" in report and "figures/froc.png" in report
+    for figure in ("roc.png", "froc.png", "auc_vs_parameters.png", "pretraining_boost.png"):
+        assert (out / "figures" / figure).is_file()
+    froc = pd.read_csv(out / "froc.csv")
+    assert {"detector", "lite0_imagenet", "lite0_scratch"} == set(froc["model"])
+
+
+@pytest.fixture()
+def predictions(evaluation_run, tmp_path):
+    source = pd.read_parquet(evaluation_run["folders"]["lite0_imagenet"] / "predictions.parquet")
+    return source, tmp_path / "predictions.parquet"
+
+
+def test_bad_predictions_are_refused_with_the_file_and_problem(evaluation_run, predictions):
+    source, path = predictions
+    index = PatchStore(evaluation_run["store"]).index
+
+    bad = source.copy()
+    bad.loc[0, "patch_id"] = "I0000-c99"
+    bad.to_parquet(path)
+    with pytest.raises(
+        EvaluationInputError, match=r"predictions.parquet: 1 predictions for unknown patches"
+    ):
+        load_predictions(path, index)
+
+    source[source["split"] == "val"].to_parquet(path)
+    with pytest.raises(EvaluationInputError, match="no predictions for the test split"):
+        load_predictions(path, index)
+
+    bad = source.copy()
+    bad.loc[[0, 1], "prob"] = np.nan
+    bad.to_parquet(path)
+    with pytest.raises(EvaluationInputError, match="2 NaN probabilities"):
+        load_predictions(path, index)
+
+
+def test_a_single_class_split_gives_a_marked_undefined_auc(evaluation_run, predictions):
+    source, path = predictions
+    source.to_parquet(path)
+    frame = load_predictions(path, PatchStore(evaluation_run["store"]).index)
+    negatives = frame[(frame["split"] == "test") & (frame["label"] == 0)]
+    result = auc_with_ci(negatives, 50, 0.95, 0)
+    assert result["auc"] is None and result["undefined"] == "single class"

@@ -1,0 +1,128 @@
+"""FROC, AUFROC and LUNA16 on hand-built cases whose curve is worked out on paper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtailor.evaluate.detection import candidate_hits
+from medtailor.evaluate.froc import (
+    aufroc,
+    best_recall_at,
+    build_froc_data,
+    froc_curve,
+    luna16_score,
+)
+
+IMAGES = pd.DataFrame(
+    {
+        "image_id": ["I1", "I2", "I3", "I4"],
+        "study_id": ["S1", "S1", "S2", "S3"],
+        "shape": [[100, 100]] * 4,
+    }
+)
+# Lesion L1 is boxed on both images of study S1; L2 on the image of S2; S3 has no lesion.
+TRUTHS = pd.DataFrame(
+    {
+        "image_id": ["I1", "I2", "I3"],
+        "box_id": ["b1", "b2", "b3"],
+        "lesion_id": ["L1", "L1", "L2"],
+        "x0": [10.0, 50.0, 20.0],
+        "y0": [10.0, 50.0, 20.0],
+        "x1": [20.0, 60.0, 40.0],
+        "y1": [20.0, 60.0, 40.0],
+        "study_id": ["S1", "S1", "S2"],
+    }
+)
+
+
+def candidate(image, x0, y0, x1, y1, score):
+    return {
+        "image_id": image,
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "z0": np.nan,
+        "z1": np.nan,
+        "score": score,
+    }
+
+
+def curve(candidates: pd.DataFrame):
+    scored = candidate_hits(candidates, TRUTHS, IMAGES.set_index("image_id")["shape"], 0.5, 0.2)
+    scored = scored.merge(IMAGES[["image_id", "study_id"]], on="image_id")
+    lesions = TRUTHS.groupby("lesion_id", as_index=False)["study_id"].first()
+    return froc_curve(build_froc_data(scored, lesions, IMAGES[["image_id", "study_id"]])), scored
+
+
+def test_hand_built_curve_aufroc_and_luna16():
+    candidates = pd.DataFrame(
+        [
+            candidate("I3", 20, 20, 40, 30, 0.95),  # IoU 0.5 with b3: in between, ignored
+            candidate("I1", 10, 10, 20, 20, 0.9),  # hits L1
+            candidate("I2", 50, 50, 60, 60, 0.8),  # hits L1 again: the lesion counts once
+            candidate("I4", 0, 0, 10, 10, 0.7),  # false positive on the lesion-free study
+            candidate("I3", 21, 21, 40, 40, 0.6),  # hits L2
+        ]
+    )
+    (fppi, recall), scored = curve(candidates)
+    assert list(scored.sort_values("score")["false_positive"]) == [False, True, False, False, False]
+    # Thresholds 0.95, 0.9, 0.8, 0.7, 0.6; recall averages the studies S1 and S2; 4 images.
+    np.testing.assert_allclose(fppi, [0, 0, 0, 0.25, 0.25])
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 0.5, 1.0])
+    # The step curve is 0.5 below 0.25 FPPI and 1 from 0.25 on; the bounds fall between points.
+    assert aufroc(fppi, recall, 0.02, 0.5) == pytest.approx((0.5 * 0.23 + 1.0 * 0.25) / 0.48)
+    assert aufroc(fppi, recall, 0.3, 0.5) == pytest.approx(1.0)
+    assert luna16_score(fppi, recall) == pytest.approx((0.5 + 6 * 1.0) / 7)
+
+
+def test_recall_is_averaged_over_studies_not_lesions():
+    truths = pd.concat(
+        [
+            TRUTHS,
+            pd.DataFrame(
+                [
+                    {
+                        "image_id": "I1",
+                        "box_id": "b4",
+                        "lesion_id": "L3",
+                        "x0": 70.0,
+                        "y0": 70.0,
+                        "x1": 90.0,
+                        "y1": 90.0,
+                        "study_id": "S1",
+                    }
+                ]
+            ),
+        ]
+    )
+    candidates = pd.DataFrame(
+        [candidate("I1", 10, 10, 20, 20, 0.9), candidate("I3", 20, 20, 40, 40, 0.8)]
+    )
+    scored = candidate_hits(candidates, truths, IMAGES.set_index("image_id")["shape"], 0.5, 0.2)
+    scored = scored.merge(IMAGES[["image_id", "study_id"]], on="image_id")
+    lesions = truths.groupby("lesion_id", as_index=False)["study_id"].first()
+    _, recall = froc_curve(build_froc_data(scored, lesions, IMAGES[["image_id", "study_id"]]))
+    # S1 finds one of its two lesions (0.5), S2 its only one (1.0): recall 0.75, not 2/3.
+    assert recall[-1] == pytest.approx(0.75)
+    assert recall[0] == pytest.approx(0.25)
+
+
+def test_images_without_lesions_only_add_to_the_image_count():
+    candidates = pd.DataFrame(
+        [candidate("I1", 10, 10, 20, 20, 0.9), candidate("I4", 50, 50, 70, 70, 0.5)]
+    )
+    (fppi, recall), _ = curve(candidates)
+    np.testing.assert_allclose(fppi, [0, 0.25])  # one false positive over four images
+    np.testing.assert_allclose(recall, [0.5, 0.5])
+
+
+def test_step_function_takes_the_best_recall_within_the_budget():
+    fppi, recall = np.array([0.0, 0.1, 0.4]), np.array([0.2, 0.6, 0.5])
+    np.testing.assert_allclose(
+        best_recall_at(fppi, recall, [0.0, 0.05, 0.1, 1.0]), [0.2, 0.2, 0.6, 0.6]
+    )
+    with pytest.raises(ValueError):
+        aufroc(fppi, recall, 0.5, 0.1)
