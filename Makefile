@@ -36,6 +36,7 @@ bench: setup
 	python bench/resample_vs_sitk.py
 	python bench/patches_bench.py
 	python bench/train_overhead.py
+	python bench/evaluate_bench.py
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtailor",
         description="Reproducible medical-imaging pipeline: synth -> ingest -> resample -> "
-        "split -> train-detector -> detect -> patches (-> train, search, evaluate).",
+        "split -> train-detector -> detect -> patches -> train -> evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"medtailor {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
