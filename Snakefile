@@ -2,6 +2,8 @@
 # Configuration: params.yaml (validated against the package's schema).
 from snakemake.utils import min_version, validate
 
+from medtailor.tracking import end_pipeline_run, start_pipeline_run
+
 min_version("9.0")
 
 
@@ -26,3 +28,15 @@ rule all:
     default_target: True
     input:
         rules.evaluate.output,
+
+
+onstart:
+    start_pipeline_run(config)
+
+
+onsuccess:
+    end_pipeline_run(config, "FINISHED")
+
+
+onerror:
+    end_pipeline_run(config, "FAILED")

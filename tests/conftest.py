@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,8 @@ def small(params: dict) -> dict:
     for kind in ("radiograph", "volume"):  # workflow tests check wiring, not model quality
         params["detector"][kind]["epochs"] = 2
     params["train"]["epochs"] = 2
+    # A detector trained for 2 epochs scores low: keep every candidate so each split has patches.
+    params["patches"]["min_score"] = 2.0
     params["evaluate"]["bootstrap_replicates"] = 100
     return params
 
@@ -162,3 +168,33 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
         "info": info,
         "store": detection_run["root"] / "patches",
     }
+
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result
+
+
+@pytest.fixture()
+def project(tmp_path: Path, repo_params: dict) -> Path:
+    for name in ["Snakefile", "dvc.yaml", "workflow", "profiles", "slurm", "envs", "src"]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / name)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
+    return tmp_path
+
+
+def set_param(project: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

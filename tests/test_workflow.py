@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import REPO, small
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-
-
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result
+from .conftest import BIN, REPO, run, set_param
 
 
 def snakemake_jobs(cwd: Path) -> dict[str, dict]:
@@ -104,42 +91,53 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
         assert params == expected, name
 
 
-@pytest.fixture()
-def project(tmp_path: Path, repo_params: dict) -> Path:
-    for name in ["Snakefile", "dvc.yaml", "workflow", "profiles", "envs", "src"]:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, tmp_path / name)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
-    return tmp_path
-
-
-def set_param(project: Path, section: str, key: str, value) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
-def test_dvc_repro_reruns_only_what_a_params_change_touches(project: Path):
-    run([str(BIN / "dvc"), "init", "--no-scm", "-q"], project)
-    first = run([str(BIN / "dvc"), "repro"], project).stdout
-    assert all(f"Running stage '{s}'" in first for s in ("synth", "ingest", "resample"))
-    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], project).stdout
+def test_dvc_reruns_only_what_changed_and_round_trips_through_a_remote(
+    project: Path, tmp_path_factory
+):
+    dvc = str(BIN / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    run([dvc, "init", "-q"], project)
+    remote = tmp_path_factory.mktemp("dvc_remote")
+    run([dvc, "remote", "add", "-d", "-f", "storage", str(remote)], project)
+    first = run([dvc, "repro"], project).stdout
+    assert all(f"Running stage '{s}'" in first for s in ("synth", "ingest", "resample", "evaluate"))
+    assert "Data and pipelines are up to date" in run([dvc, "status"], project).stdout
 
     set_param(project, "resample", "order", 1)
-    second = run([str(BIN / "dvc"), "repro"], project).stdout
+    second = run([dvc, "repro"], project).stdout
     assert "Running stage 'resample'" in second and "Running stage 'patches'" in second
     assert "Running stage 'ingest'" not in second and "Running stage 'synth'" not in second
 
-    set_param(project, "patches", "context", 0.25)
-    third = run([str(BIN / "dvc"), "repro"], project).stdout
-    assert re.findall(r"Running stage '(\w+)'", third) == ["patches"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["lite0_scratch"]["recipe"] = {"learning_rate": 0.01}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run([dvc, "repro"], project).stdout
+    assert re.findall(r"Running stage '([\w@]+)'", third) == ["train@lite0_scratch", "evaluate"]
+    assert "Running stage" not in run([dvc, "repro"], project).stdout
 
-    fourth = run([str(BIN / "dvc"), "repro"], project).stdout
-    assert "Running stage" not in fourth
+    # Push to a fresh remote, then pull into a fresh clone: the artefacts come back.
+    run([dvc, "push"], project)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"],
+        cwd=project,
+        check=True,
+    )
+    clone = tmp_path_factory.mktemp("clone") / "repo"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "data" / "patches").exists()
+    run([dvc, "pull"], clone)
+    for folder in ("data/resample", "data/patches", "data/models/lite0_scratch", "data/evaluate"):
+        assert digest(clone / folder) == digest(project / folder), folder
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ IDs, counts and params are ever logged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -30,6 +31,25 @@ def git_commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def file_hash(path: Path) -> str:
+    """Short sha256 of a file (e.g. dvc.lock), or 'none' when it does not exist."""
+    if not path.is_file():
+        return "none"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def provenance_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """What ties a run to the exact code, configuration and data versions."""
+    tags = {
+        "git_commit": git_commit(),
+        "params_hash": params_hash(dict(params)),
+        "dvc_lock_hash": file_hash(Path("dvc.lock")),
+    }
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return tags
 
 
 def tracking_uri(tracking: Mapping[str, Any]) -> str:
@@ -74,13 +94,7 @@ def stage_run(
     uri = tracking_uri(params["tracking"])
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(mlflow, params["tracking"], uri)
-    tags = {
-        "medtailor.stage": stage,
-        "git_commit": git_commit(),
-        "params_hash": params_hash(dict(params)),
-    }
-    if os.environ.get("SLURM_JOB_ID"):
-        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    tags = {"medtailor.stage": stage, **provenance_tags(params)}
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=stage,
@@ -93,3 +107,41 @@ def stage_run(
         mlflow.log_params(stage_params)
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
         yield run
+
+
+_OWN_PARENT: list[str] = []
+
+
+def start_pipeline_run(params: Mapping[str, Any]) -> str:
+    """Open the parent run of one pipeline invocation and export its id to every job.
+
+    Jobs (local processes or Slurm jobs, which inherit the environment) then open their
+    stage runs as its children. A process that finds the id already set (a job's own
+    Snakemake) reuses it instead of opening another parent.
+    """
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params["tracking"])
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _experiment_id(mlflow, params["tracking"], uri)
+    run = MlflowClient(uri).create_run(
+        experiment_id,
+        run_name="pipeline",
+        tags={"medtailor.stage": "pipeline", **provenance_tags(params)},
+    )
+    os.environ[PARENT_RUN_ENV] = run.info.run_id
+    _OWN_PARENT.append(run.info.run_id)
+    log.info("MLflow parent run %s for this pipeline invocation", run.info.run_id)
+    return run.info.run_id
+
+
+def end_pipeline_run(params: Mapping[str, Any], status: str) -> None:
+    """Close the parent run opened by this process (FINISHED or FAILED)."""
+    if not _OWN_PARENT:
+        return
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri(params["tracking"])).set_terminated(_OWN_PARENT.pop(), status=status)

@@ -13,6 +13,7 @@ rule train_detector:
         mem_mb=8000,
         runtime=240,
         cpus_per_task=2,
+        gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
         seed=config["seed"],
@@ -38,6 +39,7 @@ rule detect:
         mem_mb=8000,
         runtime=120,
         cpus_per_task=2,
+        gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
         detector=config["detector"],

@@ -14,6 +14,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
         cpus_per_task=2,
+        gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
         seed=config["seed"],

@@ -23,6 +23,7 @@ from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 from medtailor.evaluate.classification import (
+    EvaluationInputError,
     auc_with_ci,
     evaluable,
     load_predictions,
@@ -188,6 +189,12 @@ def run_evaluate(
 
     cfg, seed = params["evaluate"], int(params["seed"])
     store = PatchStore(store_dir)
+    for split in ("val", "test"):
+        if not ((store.index["split"] == split) & (store.index["kind"] == "radiograph")).any():
+            raise EvaluationInputError(
+                f"{store_dir}: no {split} patches (no {split} patient, or the detector kept no "
+                f"candidate there): nothing to evaluate"
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
     detection = detection_inputs(resample_dir, split_csv, store.index, "radiograph", cfg["froc"])

@@ -40,6 +40,11 @@ def load_predictions(path: Path, index: pd.DataFrame) -> pd.DataFrame:
             f"{path}: {len(unknown)} predictions for unknown patches, e.g. {unknown[:3]}"
         )
     for split in ("val", "test"):
+        if not (index["split"] == split).any():
+            raise EvaluationInputError(
+                f"the patch store has no {split} patches (the detector kept no candidate there): "
+                f"nothing to evaluate for {path.parent.name}"
+            )
         if not (predictions["split"] == split).any():
             raise EvaluationInputError(f"{path}: no predictions for the {split} split")
     merged = predictions.drop(columns=[c for c in ("label",) if c in predictions]).merge(

@@ -22,6 +22,8 @@ def candidate_hits(
 ) -> pd.DataFrame:
     """Add to each candidate the lesions it pinpoints (IoU > hit_iou with one of their boxes)
     and whether it is a false positive (IoU < false_positive_iou with every box)."""
+    if candidates.empty:
+        return candidates.assign(hits=pd.Series(dtype=object), false_positive=pd.Series(dtype=bool))
     hits, false_positive = [], []
     grouped = dict(tuple(truths.groupby("image_id")))
     for image_id, group in candidates.groupby("image_id", sort=False):

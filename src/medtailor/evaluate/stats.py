@@ -114,6 +114,8 @@ def cluster_weights(clusters: np.ndarray, replicates: int, rng: np.random.Genera
     """(replicates, cases) weights: each replicate draws clusters with replacement and gives
     every case its cluster's draw count."""
     ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(ids) == 0:
+        return np.zeros((replicates, 0))
     draws = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=replicates)
     return draws[:, inverse].astype(float)
 

@@ -32,19 +32,24 @@ def allocate(n: int, fractions: Sequence[float]) -> list[int]:
 def assign_splits(patients: pd.DataFrame, fractions: Sequence[float], seed: int) -> pd.DataFrame:
     """``patients`` has ``patient_id`` and ``has_lesion``; returns it with a ``split`` column.
 
-    Within each stratum the patients are sorted by ID, shuffled with the seed and cut by
-    ``fractions``, so the result does not depend on row order.
+    Each stratum (with / without lesion) is shuffled with the seed and spread evenly over
+    [0, 1) (its j-th patient at (j + 0.5) / n); all patients are then ordered by that
+    position and cut by the largest-remainder counts of ``fractions``. So the split sizes
+    are exact overall (no split is left empty by rounding small strata) and every stratum
+    is spread across the splits in proportion. Input row order does not matter.
     """
     rng = np.random.default_rng(seed)
-    parts = []
-    for _, stratum in patients.sort_values("patient_id").groupby("has_lesion", sort=True):
-        order = rng.permutation(len(stratum))
-        counts = allocate(len(stratum), fractions)
-        labels = np.repeat(SPLITS, counts)
-        shuffled = stratum.iloc[order].copy()
-        shuffled["split"] = labels
-        parts.append(shuffled)
-    return pd.concat(parts).sort_values("patient_id").reset_index(drop=True)
+    ordered = patients.sort_values("patient_id").reset_index(drop=True)
+    position = np.zeros(len(ordered))
+    for _, stratum in ordered.groupby("has_lesion", sort=True):
+        shuffled = stratum.index.to_numpy()[rng.permutation(len(stratum))]
+        position[shuffled] = (np.arange(len(stratum)) + 0.5) / len(stratum)
+    tie_break = rng.random(len(ordered))
+    order = np.lexsort((tie_break, position))
+    labels = np.repeat(SPLITS, allocate(len(ordered), fractions))
+    split = np.empty(len(ordered), dtype=object)
+    split[order] = labels
+    return ordered.assign(split=split)
 
 
 def read_split(path: Path) -> pd.DataFrame:

@@ -1,0 +1,164 @@
+"""Orchestration against the real thing: an MLflow server over REST, failures, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import BIN, ENV, run
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(server.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not start")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def rest(url: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_pipeline_logs_parent_and_child_runs_to_a_real_mlflow_server(project, mlflow_server):
+    env = {**ENV, "MLFLOW_TRACKING_URI": mlflow_server}
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "2", "metrics/resample.json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=medtailor")[
+        "experiment"
+    ]
+    runs = rest(
+        mlflow_server,
+        "runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    )["runs"]
+    by_stage = {}
+    for found in runs:
+        tags = {t["key"]: t["value"] for t in found["data"].get("tags", [])}
+        by_stage[tags["medtailor.stage"]] = (found, tags)
+    assert set(by_stage) == {"pipeline", "synth", "ingest", "resample"}
+    parent, parent_tags = by_stage["pipeline"]
+    assert parent["info"]["status"] == "FINISHED"
+    assert {"git_commit", "params_hash", "dvc_lock_hash"} <= set(parent_tags)
+    for stage in ("synth", "ingest", "resample"):
+        child, tags = by_stage[stage]
+        assert tags["mlflow.parentRunId"] == parent["info"]["run_id"], stage
+        assert child["info"]["status"] == "FINISHED"
+    ingest, _ = by_stage["ingest"]
+    params = {p["key"]: p["value"] for p in ingest["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in ingest["data"]["metrics"]}
+    assert (
+        params["ingest.min_slices"] == "3"
+        and metrics["files_rejected"] == 0
+        and metrics["images"] > 0
+    )
+    listed = rest(mlflow_server, f"artifacts/list?run_id={ingest['info']['run_id']}")
+    assert {"audit.csv", "ingest.json"} <= {f["path"] for f in listed["files"]}
+
+
+def test_a_failing_job_is_loud_and_names_its_log(project):
+    raw = project / "junk"
+    raw.mkdir()
+    (raw / "notes.txt").write_text("not an image")
+    params = (project / "params.yaml").read_text().replace("input: data/synth", f"input: {raw}")
+    (project / "params.yaml").write_text(params)
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "1", "metrics/ingest.json"],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "logs/ingest.log" in result.stderr + result.stdout
+    assert "no usable image" in (project / "logs" / "ingest.log").read_text()
+    assert not (project / "metrics" / "ingest.json").exists()
+
+
+def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1", "metrics/synth.json"],
+        cwd=project,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while not (project / "logs" / "synth.log").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    dry = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "metrics/synth.json"],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert "incomplete" in (dry.stdout + dry.stderr).lower()
+    run(
+        [str(BIN / "snakemake"), "--cores", "1", "--rerun-incomplete", "metrics/synth.json"],
+        project,
+    )
+    assert (project / "metrics" / "synth.json").is_file()
+    assert (
+        "Nothing to be done"
+        in run([str(BIN / "snakemake"), "-n", "metrics/synth.json"], project).stdout
+    )
