@@ -155,3 +155,9 @@ def test_patient_bootstrap_covers_at_its_nominal_rate_and_patch_bootstrap_does_n
     patient_rate, patch_rate = covered["patient"] / datasets, covered["patch"] / datasets
     assert 0.86 <= patient_rate <= 0.94, patient_rate
     assert patch_rate < patient_rate - 0.03 and patch_rate < 0.86, patch_rate
+
+
+def test_delong_is_undefined_not_wrong_with_a_single_positive():
+    labels = np.array([1, 0, 0, 0], bool)
+    result = delong_test(labels, np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.1, 0.2]))
+    assert result.auc_a == 1.0 and np.isnan(result.z) and np.isnan(result.p_value)

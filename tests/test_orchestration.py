@@ -139,10 +139,10 @@ def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # Kill Snakemake and its job while the job is writing its output folder.
     deadline = time.time() + 120
-    while not (project / "logs" / "synth.log").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while not (project / "data" / "synth" / "dicom").exists() and time.time() < deadline:
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     dry = subprocess.run(
@@ -153,6 +153,8 @@ def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
         text=True,
     )
     assert "incomplete" in (dry.stdout + dry.stderr).lower()
+    # A killed Snakemake leaves its lock: the documented recovery is --unlock, then rerun.
+    run([str(BIN / "snakemake"), "--unlock"], project)
     run(
         [str(BIN / "snakemake"), "--cores", "1", "--rerun-incomplete", "metrics/synth.json"],
         project,

@@ -281,14 +281,12 @@ def record_summary(summary: dict[str, Any], metrics: Path, artifacts: list[Path]
     """Write the stage summary as its DVC metrics file and log it, with artefacts, to MLflow."""
     import mlflow
 
-    from medtailor.imageio import atomic_path
+    from medtailor.imageio import atomic_output
 
     # NaN marks an undefined metric (e.g. recall with no lesion); JSON says null.
     finite = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(metrics)
-    tmp.write_text(json.dumps(finite, indent=2) + "\n")
-    tmp.replace(metrics)
+    with atomic_output(metrics) as tmp:
+        tmp.write_text(json.dumps(finite, indent=2) + "\n")
     numbers = {k: float(v) for k, v in finite.items() if isinstance(v, int | float)}
     mlflow.log_metrics(numbers)
     for path in [metrics, *artifacts]:

@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (same folder, so the final rename is atomic)."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` on success.
+
+    The rename is atomic (same folder), so a reader, or a rerun after a crash, never sees a
+    half-written output; on error the temporary file is removed.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent
+    )
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_torch(payload: object, path: str | Path) -> Path:
+    """torch.save, atomically (checkpoints survive a kill mid-write)."""
+    import torch
+
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
@@ -26,12 +49,8 @@ def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
     image.header.set_sform(affine, code="scanner")
     image.header.set_qform(affine, code="scanner")
     image.header.set_xyzt_units("mm", "sec")
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

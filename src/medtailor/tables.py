@@ -6,13 +6,12 @@ docs/contracts.md stay the single definition every later stage reads.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from medtailor.imageio import atomic_path
+from medtailor.imageio import atomic_output
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -48,15 +47,11 @@ def box_columns(ndim: int) -> list[str]:
 
 
 def _write(frame: pd.DataFrame, path: Path) -> Path:
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         if path.suffix == ".parquet":
             frame.to_parquet(tmp, index=False)
         else:
             frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

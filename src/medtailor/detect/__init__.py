@@ -22,7 +22,7 @@ from medtailor.detect.external import load_external_boxes
 from medtailor.detect.inference import predict_boxes
 from medtailor.detect.model import build_detector, device
 from medtailor.detect.training import load_checkpoint, run_train_detector
-from medtailor.imageio import atomic_path
+from medtailor.imageio import atomic_output
 from medtailor.spatial import voxel_to_world
 from medtailor.tables import box_columns, manifest_affine, read_manifest
 
@@ -66,13 +66,8 @@ def _with_world_corners(candidates: pd.DataFrame, manifest: pd.DataFrame) -> pd.
 
 
 def write_candidates(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with atomic_output(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,20 +16,11 @@ from tqdm import tqdm
 from medtailor.detect.data import KINDS, DetectionImage, load_detection_images, random_crop
 from medtailor.detect.inference import lesion_recall, predict_boxes
 from medtailor.detect.model import build_detector, device
-from medtailor.imageio import atomic_path
+from medtailor.imageio import save_torch
 from medtailor.split import manifest_with_split
 
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = atomic_path(path)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -92,6 +82,16 @@ def train_kind(
     epochs = int(cfg["epochs"])
     steps = epochs * len(_batches(train, cfg, np.random.default_rng(0)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+
+    def checkpoint(epoch: int, recall: float) -> dict[str, Any]:
+        return {
+            "state_dict": detector.state_dict(),
+            "kind": kind,
+            "spatial_dims": KINDS[kind],
+            "epoch": epoch,
+            "val_recall": recall,
+        }
+
     best = -1.0
     started = time.perf_counter()
     history: dict[str, float] = {}
@@ -121,31 +121,15 @@ def train_kind(
         if val and (epoch % int(cfg["validate_every"]) == 0 or last):
             recall = validation_recall(detector, val, cfg, params["patches"])
             metrics[f"{kind}_val_recall"] = recall
-            payload = {
-                "state_dict": detector.state_dict(),
-                "kind": kind,
-                "spatial_dims": KINDS[kind],
-                "epoch": epoch,
-                "val_recall": recall,
-            }
             # Later epochs win ties: the model has seen more data for the same recall.
             if recall >= best or np.isnan(recall):
                 best = recall
-                save_checkpoint(out_dir / f"{kind}.pt", payload)
+                save_torch(checkpoint(epoch, recall), out_dir / f"{kind}.pt")
                 history[f"{kind}_best_epoch"] = epoch
         sink(metrics, epoch)
         history.update(metrics)
-    if not val:
-        save_checkpoint(
-            out_dir / f"{kind}.pt",
-            {
-                "state_dict": detector.state_dict(),
-                "kind": kind,
-                "spatial_dims": KINDS[kind],
-                "epoch": epochs,
-                "val_recall": float("nan"),
-            },
-        )
+    if not val:  # nothing to choose on: keep the last epoch
+        save_torch(checkpoint(epochs, float("nan")), out_dir / f"{kind}.pt")
     history[f"{kind}_best_val_recall"] = best
     history[f"{kind}_seconds"] = round(time.perf_counter() - started, 1)
     history[f"{kind}_train_images"] = len(train)

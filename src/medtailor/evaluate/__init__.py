@@ -149,7 +149,7 @@ def compare_models(
             row.update({"mcnemar_p": mc["p_value"], "mcnemar_exact": mc["exact"]})
         rows.append(row)
     for key in ("delong_p", "mcnemar_p"):
-        present = [r for r in rows if key in r]
+        present = [r for r in rows if key in r and np.isfinite(r[key])]
         for row, adjusted in zip(present, holm([r[key] for r in present]), strict=True):
             row[f"{key}_holm"] = adjusted
     return rows

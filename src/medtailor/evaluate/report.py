@@ -53,6 +53,10 @@ def gradcam_for_model(
     )
 
 
+def _number(value: Any, spec: str = ".3g") -> str:
+    return "undefined" if value is None else format(value, spec)
+
+
 def _interval(value: Any, ci: Any) -> str:
     if value is None:
         return "undefined"
@@ -183,11 +187,12 @@ def write_report(
         if "undefined" in c:
             lines.append(f"| {c['a']} | {c['b']} | undefined: {c['undefined']} | | | | |")
             continue
+        low, high = c["bootstrap_difference_ci"]
         lines.append(
-            f"| {c['a']} | {c['b']} | {_interval(c['difference'], c['delong_ci'])} | {c['delong_z']:.2f} | "
-            f"{c['delong_p']:.3g} ({c.get('delong_p_holm', float('nan')):.3g}) | "
-            f"{c['bootstrap_difference_ci'][0]:.3f}–{c['bootstrap_difference_ci'][1]:.3f} | "
-            f"{c.get('mcnemar_p', float('nan')):.3g} ({c.get('mcnemar_p_holm', float('nan')):.3g}) |"
+            f"| {c['a']} | {c['b']} | {_interval(c['difference'], c['delong_ci'])} | {_number(c['delong_z'], '.2f')} | "
+            f"{_number(c['delong_p'])} ({_number(c.get('delong_p_holm'))}) | "
+            f"{_number(low, '.3f')}–{_number(high, '.3f')} | "
+            f"{_number(c.get('mcnemar_p'))} ({_number(c.get('mcnemar_p_holm'))}) |"
         )
     lines += ["", "## Correlations across models (Spearman)", ""]
     for c in summary["correlations"]:

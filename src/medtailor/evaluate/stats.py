@@ -45,6 +45,8 @@ def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     """AUCs and their DeLong covariance matrix (k, k)."""
     auc, v10, v01 = delong_components(labels, scores)
     m, n = v10.shape[1], v01.shape[1]
+    if m < 2 or n < 2:  # a covariance needs two cases of each class
+        return auc, np.full((len(auc), len(auc)), np.nan)
     s10 = np.atleast_2d(np.cov(v10)) if v10.shape[0] > 1 else np.array([[np.var(v10, ddof=1)]])
     s01 = np.atleast_2d(np.cov(v01)) if v01.shape[0] > 1 else np.array([[np.var(v01, ddof=1)]])
     return auc, s10 / m + s01 / n
@@ -69,6 +71,9 @@ def delong_test(
     auc, cov = delong_covariance(labels, np.vstack([scores_a, scores_b]))
     difference = float(auc[0] - auc[1])
     variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    if not np.isfinite(variance):  # fewer than two positives or negatives: undefined
+        nan = float("nan")
+        return DeLongResult(float(auc[0]), float(auc[1]), difference, nan, nan, nan, nan, nan)
     if variance <= 0:
         z, p = (0.0, 1.0) if difference == 0 else (np.sign(difference) * np.inf, 0.0)
     else:

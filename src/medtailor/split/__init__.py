@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtailor.imageio import atomic_path
+from medtailor.imageio import atomic_output
 from medtailor.tables import read_boxes, read_manifest
 
 SPLITS = ("train", "val", "test")
@@ -78,10 +78,8 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
         has_lesion=("has_lesion", "any"), n_images=("image_id", "size")
     )
     split = assign_splits(patients, params["split"]["fractions"], int(params["seed"]))
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(out_csv)
-    split.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    with atomic_output(out_csv) as tmp:
+        split.to_csv(tmp, index=False)
     summary: dict[str, Any] = {"patients": len(split)}
     for name in SPLITS:
         chosen = split[split["split"] == name]

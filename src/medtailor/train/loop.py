@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from medtailor.config import params_hash
-from medtailor.imageio import atomic_path
+from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
 from medtailor.train.architecture import build_classifier
 from medtailor.train.data import PatchDataset
@@ -37,15 +37,6 @@ from medtailor.train.data import PatchDataset
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
 OPTIMIZERS = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
-
-
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    tmp = atomic_path(path)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -232,7 +223,7 @@ def train_model(
         if rank == 0:
             if improved or not best_path.is_file():
                 best_auc = metrics["val_auc"] if improved else best_auc
-                save_atomic(
+                save_torch(
                     {
                         "model": evaluated.state_dict(),
                         "epoch": epoch,
@@ -241,7 +232,7 @@ def train_model(
                     best_path,
                 )
             keys = list(history[0])
-            save_atomic(
+            save_torch(
                 {
                     "model": model.state_dict(),
                     "ema": ema.module.state_dict() if ema is not None else {},
@@ -269,9 +260,8 @@ def train_model(
     predictions = pd.concat(frames, ignore_index=True)[
         ["patch_id", "model", "split", "prob", "label"]
     ]
-    tmp = atomic_path(out_dir / "predictions.parquet")
-    predictions.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "predictions.parquet")
+    with atomic_output(out_dir / "predictions.parquet") as tmp:
+        predictions.to_parquet(tmp, index=False)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     final = history[-1]
     return {

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from medtailor.imageio import save_torch
+
 LITE0_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
 
 
@@ -113,10 +115,7 @@ def lite0_weights_file() -> Path:
     )
     keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict())
     converted = convert_lite0_state_dict(source, keys)
-    tmp = target.with_suffix(".tmp")
-    torch.save(converted, tmp)
-    tmp.replace(target)
-    return target
+    return save_torch(converted, target)
 
 
 def network_available(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
