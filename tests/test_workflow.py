@@ -155,4 +155,5 @@ def test_snakemake_runs_the_demo_and_reruns_only_what_a_params_change_touches(pr
     set_param(project, "resample", "order", 3)
     set_param(project, "patches", "context", 0.25)
     jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)
-    assert set(jobs) == {"patches", "all"}
+    # The patches and everything downstream of them, nothing upstream.
+    assert set(jobs) == {"patches", "train", "evaluate", "all"}
