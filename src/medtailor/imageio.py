@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def clear_outputs(folder: Path, children: list[str]) -> None:
+    """Remove a stage's previous outputs (only the named children) before it writes anew."""
+    for child in children:
+        target = folder / child
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def save_torch(payload: object, path: str | Path) -> Path:

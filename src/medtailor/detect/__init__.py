@@ -24,16 +24,15 @@ from medtailor.detect.model import build_detector, device
 from medtailor.detect.training import load_checkpoint, run_train_detector
 from medtailor.imageio import atomic_output
 from medtailor.spatial import voxel_to_world
-from medtailor.tables import box_columns, manifest_affine, read_manifest
+from medtailor.tables import BOX_CORNERS, box_columns, manifest_affine, read_manifest
 
 __all__ = ["run_detect", "run_train_detector"]
 log = logging.getLogger(__name__)
-CORNERS = ["x0", "y0", "z0", "x1", "y1", "z1"]
 CANDIDATE_COLUMNS = [
     "image_id",
     "candidate_id",
     "kind",
-    *CORNERS,
+    *BOX_CORNERS,
     "wx0",
     "wy0",
     "wz0",
@@ -93,7 +92,7 @@ def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, An
             for box, score in zip(boxes, scores, strict=True):
                 record = dict(zip(box_columns(ndim), box.tolist(), strict=True))
                 records.append({"image_id": item.image_id, **record, "score": float(score)})
-    frame = pd.DataFrame(records, columns=["image_id", *CORNERS, "score"])
+    frame = pd.DataFrame(records, columns=["image_id", *BOX_CORNERS, "score"])
     return _with_world_corners(frame, manifest)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medtailor.tables import BOX_CORNERS
+
 MAX_LISTED = 20
 
 
@@ -76,7 +78,7 @@ def load_external_boxes(path: Path, manifest: pd.DataFrame) -> pd.DataFrame:
             f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         )
         raise BoxFileError(f"{len(problems)} problem(s) in the external boxes:\n  {shown}{more}")
-    frame = pd.DataFrame(records, columns=["image_id", "x0", "y0", "z0", "x1", "y1", "z1", "score"])
+    frame = pd.DataFrame(records, columns=["image_id", *BOX_CORNERS, "score"])
     return frame
 
 

@@ -80,7 +80,8 @@ def train_kind(
         detector.parameters(), lr=float(cfg["learning_rate"]), weight_decay=1e-4
     )
     epochs = int(cfg["epochs"])
-    steps = epochs * len(_batches(train, cfg, np.random.default_rng(0)))
+    crops = len(train) * int(cfg["crops_per_image"])
+    steps = epochs * -(-crops // int(cfg["batch_size"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
 
     def checkpoint(epoch: int, recall: float) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
-from medtailor.imageio import compact_dtype, save_nifti
+from medtailor.imageio import clear_outputs, compact_dtype, save_nifti
 from medtailor.ingest.annotations import Annotations, load_annotations
 from medtailor.ingest.audit import Audit, Rejected
 from medtailor.ingest.dicom import (
@@ -289,15 +288,6 @@ def _ingest_nifti(rel: str, writer: _Writer) -> None:
     )
 
 
-def _clear_outputs(out: Path) -> None:
-    for child in OUTPUT_CHILDREN:
-        target = out / child
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Ingest everything under ``input_root`` into ``out_dir``; return the summary counts."""
     cfg = params["ingest"]
@@ -307,7 +297,7 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
     # pydicom's validation warnings quote header values, which may be identifiers.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(out_dir)
+    clear_outputs(out_dir, OUTPUT_CHILDREN)
     audit = Audit()
     annotations = load_annotations(input_root, cfg["annotations"], audit)
     writer = _Writer(

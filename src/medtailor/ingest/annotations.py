@@ -16,8 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medtailor.ingest.audit import Audit
-
-BOX_FIELDS = ["source", "x0", "y0", "z0", "x1", "y1", "z1"]
+from medtailor.tables import BOX_CORNERS
 
 
 def normalise_source(value: str) -> str:
@@ -61,7 +60,7 @@ def _parse_box(row: dict[str, str]) -> dict[str, Any]:
             raise ValueError(f"{key}={text!r} is not finite")
         return value
 
-    box = {key: number(key) for key in ["x0", "y0", "z0", "x1", "y1", "z1"]}
+    box = {key: number(key) for key in BOX_CORNERS}
     for axis in "xy":
         if math.isnan(box[f"{axis}0"]) or math.isnan(box[f"{axis}1"]):
             raise ValueError(f"{axis}0 and {axis}1 are required")

@@ -23,7 +23,7 @@ from medtailor.patches.crops import context_region, extract_patch
 from medtailor.patches.labelling import best_match, clip_boxes, iou_matrix, label_by_iou
 from medtailor.patches.store import INDEX, PatchWriter
 from medtailor.split import SPLITS, manifest_with_split
-from medtailor.tables import box_columns, read_boxes
+from medtailor.tables import BOX_CORNERS, box_columns, read_boxes
 
 INDEX_COLUMNS = [
     "patch_id",
@@ -57,7 +57,7 @@ def label_candidates(
     )
     best = np.zeros(len(index))
     gt_id = np.full(len(index), "", dtype=object)
-    corners = index[["x0", "y0", "z0", "x1", "y1", "z1"]].to_numpy(float)
+    corners = index[BOX_CORNERS].to_numpy(float)
     ndims = index["ndim"].to_numpy(int)
     shapes = index["shape"].to_numpy()
     truth_groups = {image_id: group for image_id, group in truths.groupby("image_id")}

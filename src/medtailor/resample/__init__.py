@@ -6,7 +6,6 @@ table contracts, and a summary with throughput.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.imageio import load_nifti, save_nifti
+from medtailor.imageio import clear_outputs, load_nifti, save_nifti
 from medtailor.resample.resampling import grid_map, lowres_axis, resample_image, resample_labels
 from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import (
@@ -34,12 +33,7 @@ def run_resample(input_dir: Path, out_dir: Path, params: dict[str, Any]) -> dict
     manifest = read_manifest(input_dir / "manifest.parquet")
     boxes = read_boxes(input_dir / "boxes.parquet")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for child in OUTPUT_CHILDREN:
-        target = out_dir / child
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    clear_outputs(out_dir, OUTPUT_CHILDREN)
 
     started = time.perf_counter()
     rows, new_boxes = [], []

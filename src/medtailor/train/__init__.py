@@ -53,7 +53,4 @@ def run_train(
     sink: MetricSink | None = None,
 ) -> dict[str, Any]:
     entry = model_entry(params, name)
-    summary = train_model(name, entry, store_dir, out_dir, int(params["seed"]), sink)
-    if summary:
-        summary.update({k: v for k, v in model_info(entry).items() if k != "model"})
-    return summary
+    return train_model(name, entry, store_dir, out_dir, int(params["seed"]), sink)

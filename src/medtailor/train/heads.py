@@ -104,31 +104,20 @@ def nonlinear_head(
     )
 
 
-@register_head("conv")
-def conv_head(
-    in_features: int,
-    num_classes: int,
-    hidden_ratio: float = 0.5,
-    filters: int = 16,
-    kernel_size: int = 3,
-    dropout: float = 0.5,
-    **_: Any,
-) -> nn.Module:
-    return ConvHead(
-        in_features, num_classes, hidden_ratio, filters, kernel_size, dropout, skip=False
-    )
+def _conv_builder(skip: bool) -> Callable[..., nn.Module]:
+    def build(
+        in_features: int,
+        num_classes: int,
+        hidden_ratio: float = 0.5,
+        filters: int = 16,
+        kernel_size: int = 3,
+        dropout: float = 0.5,
+        **_: Any,
+    ) -> nn.Module:
+        return ConvHead(in_features, num_classes, hidden_ratio, filters, kernel_size, dropout, skip)
+
+    return build
 
 
-@register_head("conv_skip")
-def conv_skip_head(
-    in_features: int,
-    num_classes: int,
-    hidden_ratio: float = 0.5,
-    filters: int = 16,
-    kernel_size: int = 3,
-    dropout: float = 0.5,
-    **_: Any,
-) -> nn.Module:
-    return ConvHead(
-        in_features, num_classes, hidden_ratio, filters, kernel_size, dropout, skip=True
-    )
+conv_head = register_head("conv")(_conv_builder(skip=False))
+conv_skip_head = register_head("conv_skip")(_conv_builder(skip=True))

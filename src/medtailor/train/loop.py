@@ -32,6 +32,7 @@ from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
 from medtailor.train.architecture import build_classifier
+from medtailor.train.complexity import complexity
 from medtailor.train.data import PatchDataset
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ def train_model(
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_classifier(entry).to(device)
+    counts = complexity(
+        model, (int(entry["input_channels"]), int(entry["input_size"]), int(entry["input_size"]))
+    )
     if cuda:
         model = model.to(memory_format=torch.channels_last)
 
@@ -276,4 +280,6 @@ def train_model(
         ),
         "images_per_second": float(np.mean([h["images_per_second"] for h in history])),
         "train_patches": len(train_set),
+        "input_size": int(entry["input_size"]),
+        **counts,
     }
