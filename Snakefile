@@ -1,7 +1,9 @@
 # medtailor workflow: one rule per stage, each a single `medtailor <stage>` call.
 # Configuration: params.yaml (validated against the package's schema).
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
+from medtailor.config import validate_params
+from medtailor.dvc_sync import record_in_dvc_lock
 from medtailor.tracking import end_pipeline_run, start_pipeline_run
 
 min_version("9.0")
@@ -10,7 +12,8 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
-validate(config, "src/medtailor/config/params.schema.yaml")
+# The package's schema plus the relations between keys (one check for Snakemake, DVC, CLI).
+validate_params(config)
 
 
 include: "workflow/rules/common.smk"
@@ -36,6 +39,8 @@ onstart:
 
 onsuccess:
     end_pipeline_run(config, "FINISHED")
+    # What Snakemake built is recorded in dvc.lock: `dvc repro` then reruns only what changes.
+    record_in_dvc_lock()
 
 
 onerror:

@@ -53,7 +53,7 @@ def main() -> None:
     small_labels = rng.random(patches) < 0.2
     small_scores = small_labels + rng.normal(0, 1, patches)
     started = time.perf_counter()
-    low, high, _ = bootstrap_metric(
+    interval = bootstrap_metric(
         lambda w: weighted_auc(small_labels, small_scores, w), patients, 1000, 0.95, 0
     )
     bootstrap_seconds = time.perf_counter() - started
@@ -63,7 +63,7 @@ def main() -> None:
         "naive_extrapolated_seconds_1M": round(float(extrapolated)),
         "speedup": round(float(extrapolated / fast)),
         "bootstrap_1000_replicates_100k_patches_seconds": round(bootstrap_seconds, 2),
-        "bootstrap_ci": [round(low, 4), round(high, 4)],
+        "bootstrap_ci": [round(interval.low, 4), round(interval.high, 4)],
     }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

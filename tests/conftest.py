@@ -38,12 +38,18 @@ def params(repo_params: dict) -> dict:
 
 
 def small(params: dict) -> dict:
-    """A dataset small enough for unit tests that still has every kind of input."""
+    """A dataset small enough for unit tests that still has every kind of input.
+
+    Six patients, placed 4/1/1 by the split key below, each with lesions on its radiographs;
+    20 short detector epochs find the validation and test lesions (training refuses a
+    validation split without positives), 2 volume epochs only check the wiring.
+    """
     params = copy.deepcopy(params)
-    params["synth"]["n_patients"] = 4
+    params["synth"]["n_patients"] = 6
     params["synth"]["radiograph_studies_per_patient"] = 1
-    for kind in ("radiograph", "volume"):  # workflow tests check wiring, not model quality
-        params["detector"][kind]["epochs"] = 2
+    params["split"]["key"] = "tests-2"
+    params["detector"]["radiograph"].update({"epochs": 20, "validate_every": 20})
+    params["detector"]["volume"]["epochs"] = 2
     params["train"]["epochs"] = 2
     # A detector trained for 2 epochs scores low: keep every candidate so each split has patches.
     params["patches"]["min_score"] = 2.0
@@ -129,7 +135,7 @@ def detection_run(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -
 def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two short trainings (ImageNet and scratch EfficientNet-Lite0) and their evaluation."""
     from medtailor.evaluate import run_evaluate
-    from medtailor.train import model_entry, run_train
+    from medtailor.train import run_train
 
     root = tmp_path_factory.mktemp("evaluation")
     params = copy.deepcopy(detection_run["params"])
@@ -147,9 +153,13 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
     params["evaluate"]["bootstrap_replicates"] = 200
     info = {}
     for name in params["models"]:
-        summary = run_train(name, detection_run["root"] / "patches", root / "models" / name, params)
-        entry = model_entry(params, name)
-        info[name] = {**summary, "init": entry["init"], "architecture": entry["model"]}
+        info[name] = run_train(
+            name,
+            detection_run["root"] / "patches",
+            root / "models" / name,
+            root / "state" / name,
+            params,
+        )
     folders = {name: root / "models" / name for name in params["models"]}
     flat = run_evaluate(
         folders,
@@ -158,7 +168,6 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
         detection_run["split_csv"],
         root / "evaluate",
         params,
-        info,
     )
     return {
         "root": root,

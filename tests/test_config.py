@@ -9,7 +9,7 @@ import yaml
 
 from medtailor.config import ParamsError, load_params, params_hash, validate_params
 
-from .conftest import REPO
+from .conftest import REPO, set_param
 
 
 def test_repo_params_validate():
@@ -37,6 +37,48 @@ def test_missing_section_is_reported(params):
     del params["ingest"]
     with pytest.raises(ParamsError, match="'ingest' is a required property"):
         validate_params(params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (
+            "patches",
+            "negative_iou",
+            0.6,
+            r"patches.negative_iou \(0.6\) must not exceed patches.positive_iou \(0.5\)",
+        ),
+        (
+            ("evaluate", "froc"),
+            "false_positive_iou",
+            0.7,
+            r"evaluate.froc.false_positive_iou \(0.7\) must not exceed evaluate.froc.hit_iou",
+        ),
+        ("split", "fractions", [0.6, 0.3, 0.2], r"split.fractions .* must sum to 1"),
+        ("split", "fractions", [0.8, 0.2, 0.0], r"split.fractions.2: 0.0 is less than or equal"),
+    ],
+)
+def test_relations_between_keys_are_checked_before_any_work(params, section, key, value, message):
+    holder = params
+    for part in (section,) if isinstance(section, str) else section:
+        holder = holder[part]
+    holder[key] = value
+    with pytest.raises(ParamsError, match=message):
+        validate_params(params)
+
+
+def test_snakemake_refuses_crossed_thresholds_before_any_job(project):
+    set_param(project, "patches", "negative_iou", 0.9)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "patches.negative_iou (0.9) must not exceed patches.positive_iou" in (
+        result.stdout + result.stderr
+    )
 
 
 def test_params_hash_is_stable_and_sensitive(params):

@@ -63,8 +63,8 @@ def test_detector_trains_on_the_training_split_only(detection_run, monkeypatch, 
     training.run_train_detector(
         detection_run["root"] / "resample", detection_run["split_csv"], tmp_path, params
     )
-    # Per kind: the training images, then the validation images; never the test split.
-    assert seen == [{"train"}, {"val"}, {"train"}, {"val"}]
+    # Per kind: the validation images, then the training images; never the test split.
+    assert seen == [{"val"}, {"train"}, {"val"}, {"train"}]
 
 
 def test_patch_store_matches_its_index(detection_run):

@@ -9,8 +9,8 @@ import torch
 from monai.metrics import DiceMetric
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 
+from medtailor.evaluate.calibration import rejection_rates
 from medtailor.evaluate.segmentation import dice_per_case
 from medtailor.evaluate.stats import (
     cluster_weights,
@@ -105,8 +105,14 @@ def test_mcnemar_and_holm_agree_with_statsmodels():
     assert ours["p_value"] == pytest.approx(reference.pvalue, abs=1e-12) and not ours["exact"]
     small = mcnemar_test(labels[:30], a[:30], b[:30])
     assert small["exact"]
-    p_values = [0.01, 0.04, 0.03, 0.2]
-    np.testing.assert_allclose(holm(p_values), multipletests(p_values, method="holm")[1])
+
+
+def test_holm_adjusts_by_hand_worked_ranks():
+    # Sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1 = 0.04, 0.09, 0.08, 0.2; then the running
+    # maximum keeps 0.09 for 0.04; capped at 1.
+    assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
 
 
 def test_dice_agrees_with_monai_and_with_the_definition():
@@ -157,7 +163,125 @@ def test_patient_bootstrap_covers_at_its_nominal_rate_and_patch_bootstrap_does_n
     assert patch_rate < patient_rate - 0.03 and patch_rate < 0.86, patch_rate
 
 
+def brute_force_obuchowski(labels, scores, clusters):
+    """Obuchowski (1997) written out: per-case kernel sums, per-cluster loops."""
+    positives, negatives = np.flatnonzero(labels), np.flatnonzero(~labels)
+    m_total, n_total = len(positives), len(negatives)
+    ids = sorted(set(clusters))
+    k = scores.shape[0]
+    auc = np.zeros(k)
+    x = np.zeros((k, len(ids)))
+    y = np.zeros((k, len(ids)))
+    m, n = np.zeros(len(ids)), np.zeros(len(ids))
+    for r in range(k):
+        psi = lambda a, b, r=r: (scores[r, a] > scores[r, b]) + 0.5 * (scores[r, a] == scores[r, b])  # noqa: E731
+        auc[r] = np.mean([[psi(i, j) for j in negatives] for i in positives])
+        for c, cid in enumerate(ids):
+            own_pos = [i for i in positives if clusters[i] == cid]
+            own_neg = [j for j in negatives if clusters[j] == cid]
+            m[c], n[c] = len(own_pos), len(own_neg)
+            x[r, c] = sum(np.mean([psi(i, j) for j in negatives]) for i in own_pos)
+            y[r, c] = sum(np.mean([psi(i, j) for i in positives]) for j in own_neg)
+    i10, i01, total = int((m > 0).sum()), int((n > 0).sum()), len(ids)
+    cov = np.zeros((k, k))
+    for a in range(k):
+        for b in range(k):
+            xa, xb = x[a] - m * auc[a], x[b] - m * auc[b]
+            ya, yb = y[a] - n * auc[a], y[b] - n * auc[b]
+            s10 = i10 / ((i10 - 1) * m_total) * np.sum(xa * xb)
+            s01 = i01 / ((i01 - 1) * n_total) * np.sum(ya * yb)
+            s11_ab = total / (total - 1) * np.sum(xa * yb)
+            s11_ba = total / (total - 1) * np.sum(xb * ya)
+            cov[a, b] = s10 / m_total + s01 / n_total + (s11_ab + s11_ba) / (m_total * n_total)
+    return auc, cov
+
+
+def test_clustered_delong_matches_obuchowskis_formula_written_out():
+    rng = np.random.default_rng(8)
+    labels, _, patients = simulate(25, 6, rng)
+    scores = np.vstack([np.round(labels + rng.normal(0, 1, len(labels)), 1) for _ in range(2)])
+    auc, cov = delong_covariance(labels, scores, patients)
+    expected_auc, expected_cov = brute_force_obuchowski(labels, scores, patients)
+    np.testing.assert_allclose(auc, expected_auc, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cov, expected_cov, rtol=0, atol=1e-12)
+    # Patches of a patient are correlated here: the clustered variance is the larger one.
+    assert cov[0, 0] > delong_covariance(labels, scores)[1][0, 0]
+
+
+def test_clustered_delong_with_one_case_per_patient_is_delong():
+    rng = np.random.default_rng(9)
+    labels = rng.random(200) < 0.3
+    scores = np.vstack([np.round(labels + rng.normal(0, 1, 200), 1) for _ in range(3)])
+    shuffled_ids = rng.permutation(200).astype(str)
+    _, plain = delong_covariance(labels, scores)
+    _, clustered = delong_covariance(labels, scores, shuffled_ids)
+    np.testing.assert_allclose(clustered, plain, rtol=1e-12, atol=1e-15)
+    if ASAH.is_file():
+        data = pd.read_csv(ASAH)
+        poor = (data["outcome"] == "Poor").to_numpy()
+        test = delong_test(
+            poor, data["wfns"], data["s100b"], clusters=np.arange(len(data)).astype(str)
+        )
+        assert test.z == pytest.approx(2.20898359144091, abs=1e-9)
+        assert test.p_value == pytest.approx(0.0271757822291882, abs=1e-9)
+
+
+def test_clustered_mcnemar_is_durkalskis_statistic_and_reduces_to_mcnemar():
+    labels = np.ones(9, bool)
+    # Cluster A: a right twice where b is wrong; B: b right once; C: both right; D: a right 3x.
+    a = np.array([1, 1, 0, 1, 1, 1, 1, 1, 1], bool)
+    b = np.array([0, 0, 1, 1, 1, 0, 0, 0, 1], bool)
+    clusters = np.array(["A", "A", "B", "C", "C", "D", "D", "D", "D"])
+    result = mcnemar_test(labels, a, b, clusters)
+    # Per-cluster b_k - c_k: 2, -1, 0, 3: X2 = (2 - 1 + 0 + 3)^2 / (4 + 1 + 0 + 9) = 16 / 14.
+    assert result["statistic"] == pytest.approx(16 / 14)
+    assert result["p_value"] == pytest.approx(0.28505, abs=1e-5)  # 2 * norm.sf(sqrt(16 / 14))
+    rng = np.random.default_rng(1)
+    labels = rng.random(400) < 0.5
+    a = np.where(rng.random(400) < 0.8, labels, ~labels)
+    b = np.where(rng.random(400) < 0.7, labels, ~labels)
+    single = mcnemar_test(labels, a, b, clusters=np.arange(400))
+    table = pd.crosstab(a == labels, b == labels).reindex(
+        index=[True, False], columns=[True, False]
+    )
+    reference = mcnemar(table.to_numpy(), exact=False, correction=False)
+    assert single["statistic"] == pytest.approx(reference.statistic, rel=1e-12)
+    assert single["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_clustered_comparisons_hold_their_size_where_patch_level_ones_do_not():
+    """1,000 simulated test sets of 60 patients x 12 patches, two models of equal skill
+    (docs/benchmarks.md records the rates)."""
+    rates = rejection_rates(1000, seed=11)
+    assert rates["datasets"] >= 990
+    assert 0.03 <= rates["delong_patient"] <= 0.07, rates
+    assert 0.03 <= rates["mcnemar_patient"] <= 0.07, rates
+    assert rates["delong_patch"] > 0.12 and rates["mcnemar_patch"] > 0.12, rates
+
+
 def test_delong_is_undefined_not_wrong_with_a_single_positive():
     labels = np.array([1, 0, 0, 0], bool)
     result = delong_test(labels, np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.1, 0.2]))
     assert result.auc_a == 1.0 and np.isnan(result.z) and np.isnan(result.p_value)
+
+
+def test_auc_interval_resamples_patients_not_patches():
+    """Every patch copied five times within its patient: a patient bootstrap draws the same
+    patients with the same seed, so the interval is unchanged; a patch bootstrap would see
+    five times as many independent cases and give a narrower one."""
+    from medtailor.evaluate.classification import auc_with_ci
+
+    rng = np.random.default_rng(12)
+    labels, scores, patients = simulate(30, 3, rng)
+    frame = pd.DataFrame(
+        {"label": labels.astype(int), "prob": 1 / (1 + np.exp(-scores)), "patient_id": patients}
+    )
+    copied = pd.concat([frame] * 5, ignore_index=True)
+    once, five = auc_with_ci(frame, 300, 0.9, 3), auc_with_ci(copied, 300, 0.9, 3)
+    assert five["auc"] == pytest.approx(once["auc"])
+    assert five["auc_ci"] == pytest.approx(once["auc_ci"], abs=1e-12)
+    patch_level = auc_with_ci(copied.assign(patient_id=np.arange(len(copied))), 300, 0.9, 3)
+    assert patch_level["auc_ci"][1] - patch_level["auc_ci"][0] < 0.7 * (
+        once["auc_ci"][1] - once["auc_ci"][0]
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtailor.evaluate.detection import candidate_hits
+from medtailor.evaluate.detection import candidate_hits, froc_summary
 from medtailor.evaluate.froc import (
     aufroc,
     best_recall_at,
@@ -14,6 +14,7 @@ from medtailor.evaluate.froc import (
     froc_curve,
     luna16_score,
 )
+from medtailor.evaluate.stats import cluster_weights
 
 IMAGES = pd.DataFrame(
     {
@@ -50,32 +51,95 @@ def candidate(image, x0, y0, x1, y1, score):
     }
 
 
-def curve(candidates: pd.DataFrame):
-    scored = candidate_hits(candidates, TRUTHS, IMAGES.set_index("image_id")["shape"], 0.5, 0.2)
+def curve(candidates: pd.DataFrame, in_between: str = "false_positive"):
+    scored = candidate_hits(
+        candidates, TRUTHS, IMAGES.set_index("image_id")["shape"], 0.5, 0.2, in_between
+    )
     scored = scored.merge(IMAGES[["image_id", "study_id"]], on="image_id")
     lesions = TRUTHS.groupby("lesion_id", as_index=False)["study_id"].first()
     return froc_curve(build_froc_data(scored, lesions, IMAGES[["image_id", "study_id"]])), scored
 
 
-def test_hand_built_curve_aufroc_and_luna16():
-    candidates = pd.DataFrame(
-        [
-            candidate("I3", 20, 20, 40, 30, 0.95),  # IoU 0.5 with b3: in between, ignored
-            candidate("I1", 10, 10, 20, 20, 0.9),  # hits L1
-            candidate("I2", 50, 50, 60, 60, 0.8),  # hits L1 again: the lesion counts once
-            candidate("I4", 0, 0, 10, 10, 0.7),  # false positive on the lesion-free study
-            candidate("I3", 21, 21, 40, 40, 0.6),  # hits L2
-        ]
-    )
-    (fppi, recall), scored = curve(candidates)
-    assert list(scored.sort_values("score")["false_positive"]) == [False, True, False, False, False]
+HAND_BUILT = pd.DataFrame(
+    [
+        candidate("I3", 20, 20, 40, 30, 0.95),  # IoU 0.5 with b3: in between, hits nothing
+        candidate("I1", 10, 10, 20, 20, 0.9),  # hits L1
+        candidate("I2", 50, 50, 60, 60, 0.8),  # hits L1 again: the lesion counts once
+        candidate("I4", 0, 0, 10, 10, 0.7),  # false positive on the lesion-free study
+        candidate("I3", 21, 21, 40, 40, 0.6),  # hits L2
+    ]
+)
+
+
+def test_hand_built_curve_counts_an_in_between_candidate_as_a_false_positive():
+    """The default rule, the same as the validation/test patch labels: a candidate that hits
+    no lesion is a false positive (and a negative for AUC), whatever its overlap."""
+    (fppi, recall), scored = curve(HAND_BUILT)
+    assert list(scored.sort_values("score")["false_positive"]) == [False, True, False, False, True]
     # Thresholds 0.95, 0.9, 0.8, 0.7, 0.6; recall averages the studies S1 and S2; 4 images.
+    np.testing.assert_allclose(fppi, [0.25, 0.25, 0.25, 0.5, 0.5])
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 0.5, 1.0])
+    # The step curve is 0 below 0.25 FPPI, 0.5 up to 0.5 FPPI, then 1.
+    assert aufroc(fppi, recall, 0.02, 0.5) == pytest.approx((0.0 * 0.23 + 0.5 * 0.25) / 0.48)
+    assert luna16_score(fppi, recall) == pytest.approx((0.0 + 0.5 + 5 * 1.0) / 7)
+
+
+def test_hand_built_curve_with_in_between_candidates_ignored():
+    (fppi, recall), scored = curve(HAND_BUILT, "ignored")
+    assert list(scored.sort_values("score")["false_positive"]) == [False, True, False, False, False]
     np.testing.assert_allclose(fppi, [0, 0, 0, 0.25, 0.25])
     np.testing.assert_allclose(recall, [0, 0.5, 0.5, 0.5, 1.0])
     # The step curve is 0.5 below 0.25 FPPI and 1 from 0.25 on; the bounds fall between points.
     assert aufroc(fppi, recall, 0.02, 0.5) == pytest.approx((0.5 * 0.23 + 1.0 * 0.25) / 0.48)
     assert aufroc(fppi, recall, 0.3, 0.5) == pytest.approx(1.0)
     assert luna16_score(fppi, recall) == pytest.approx((0.5 + 6 * 1.0) / 7)
+
+
+def froc_inputs(studies_per_patient: int):
+    """Ten patients; patient k has ``studies_per_patient`` identical copies of one study with
+    one image, a lesion in the first six patients, and two scored candidates."""
+    rng = np.random.default_rng(3)
+    images, candidates, lesions = [], [], []
+    for patient in range(10):
+        found, false_score = rng.random() < 0.7, rng.random()
+        for copy in range(studies_per_patient):
+            study, image = f"S{patient}-{copy}", f"I{patient}-{copy}"
+            images.append({"image_id": image, "study_id": study, "patient_id": f"P{patient}"})
+            has_lesion = patient < 6
+            if has_lesion:
+                lesions.append({"lesion_id": f"L{patient}-{copy}", "study_id": study})
+            hits = [f"L{patient}-{copy}"] if has_lesion and found else []
+            candidates.append(
+                {
+                    "study_id": study,
+                    "s": 0.3 + 0.7 * found,
+                    "hits": hits,
+                    "false_positive": not hits,
+                }
+            )
+            candidates.append(
+                {"study_id": study, "s": false_score, "hits": [], "false_positive": True}
+            )
+    return pd.DataFrame(candidates), pd.DataFrame(lesions), pd.DataFrame(images)
+
+
+def test_froc_interval_resamples_patients_and_counts_undefined_replicates():
+    cfg = {"aufroc_fppi": [0.02, 2.0]}
+    one = froc_summary(*froc_inputs(1), "s", cfg, 300, 0.9, 5)[0]
+    # Two identical studies per patient: a patient bootstrap draws them together, so the
+    # interval is the same as with one study per patient (a study bootstrap would narrow it).
+    two = froc_summary(*froc_inputs(2), "s", cfg, 300, 0.9, 5)[0]
+    assert two["aufroc"] == pytest.approx(one["aufroc"])
+    assert two["aufroc_ci"] == pytest.approx(one["aufroc_ci"])
+    # Replicates that draw none of the six lesion patients have no recall: counted, not hidden.
+    draws = cluster_weights(np.arange(10), 300, np.random.default_rng(5))
+    assert one["aufroc_ci_undefined"] == int((draws[:, :6].sum(axis=1) == 0).sum())
+    _, _, images = froc_inputs(1)
+    rare = froc_inputs(1)
+    rare_lesions = rare[1].iloc[:1]
+    rare_candidates = rare[0].assign(hits=[h if h[:1] == ["L0-0"] else [] for h in rare[0]["hits"]])
+    summary = froc_summary(rare_candidates, rare_lesions, images, "s", cfg, 300, 0.9, 5)[0]
+    assert summary["aufroc_ci_undefined"] == int((draws[:, 0] == 0).sum()) > 0
 
 
 def test_recall_is_averaged_over_studies_not_lesions():
@@ -101,7 +165,9 @@ def test_recall_is_averaged_over_studies_not_lesions():
     candidates = pd.DataFrame(
         [candidate("I1", 10, 10, 20, 20, 0.9), candidate("I3", 20, 20, 40, 40, 0.8)]
     )
-    scored = candidate_hits(candidates, truths, IMAGES.set_index("image_id")["shape"], 0.5, 0.2)
+    scored = candidate_hits(
+        candidates, truths, IMAGES.set_index("image_id")["shape"], 0.5, 0.2, "ignored"
+    )
     scored = scored.merge(IMAGES[["image_id", "study_id"]], on="image_id")
     lesions = truths.groupby("lesion_id", as_index=False)["study_id"].first()
     _, recall = froc_curve(build_froc_data(scored, lesions, IMAGES[["image_id", "study_id"]]))

@@ -164,3 +164,71 @@ def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
         "Nothing to be done"
         in run([str(BIN / "snakemake"), "-n", "metrics/synth.json"], project).stdout
     )
+
+
+def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
+    """kill -9 a `train` job (and its Snakemake) part-way, rerun with --rerun-incomplete:
+    the job resumes from its last finished epoch (its state lives outside the outputs that
+    Snakemake deletes) and ends exactly where an uninterrupted run ends."""
+    import torch
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"] = {"lite0_scratch": params["models"]["lite0_scratch"]}
+    params["train"]["epochs"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    snakemake = str(BIN / "snakemake")
+    run([snakemake, "--cores", "2", "data/patches"], project)
+
+    target = "metrics/train/lite0_scratch.json"
+    state = project / "data" / "train_state" / "lite0_scratch" / "last.pt"
+    process = subprocess.Popen(
+        [snakemake, "--cores", "1", target],
+        cwd=project,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= finished < 4, "the job must be killed part-way"
+
+    run([snakemake, "--unlock"], project)
+    run([snakemake, "--cores", "1", "--rerun-incomplete", target], project)
+    log = (project / "logs" / "train" / "lite0_scratch.log").read_text()
+    assert f"resumed at epoch {finished + 1} (of 4)" in log
+
+    # The same configuration, uninterrupted, in a separate output and state folder.
+    run(
+        [
+            str(BIN / "medtailor"),
+            "train",
+            "--model",
+            "lite0_scratch",
+            "--input",
+            "data/patches",
+            "--output",
+            "straight",
+            "--state",
+            "straight_state",
+            "--metrics",
+            "straight.json",
+        ],
+        project,
+    )
+    resumed = json.loads((project / target).read_text())
+    straight = json.loads((project / "straight.json").read_text())
+    for key in ("best_epoch", "best_val_auc", "final_val_auc", "final_train_loss"):
+        assert resumed[key] == straight[key], key
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(project / "data" / "models" / "lite0_scratch" / "predictions.parquet"),
+        pd.read_parquet(project / "straight" / "predictions.parquet"),
+    )

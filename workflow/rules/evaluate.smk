@@ -4,7 +4,6 @@ rule evaluate:
         data=rules.resample.output.data,
         split=rules.split.output.table,
         models=expand(rules.train.output.model, model=config["models"]),
-        train_metrics=expand(rules.train.output.metrics, model=config["models"]),
     output:
         report=directory("data/evaluate"),
         metrics="metrics/evaluate.json",
@@ -20,7 +19,5 @@ rule evaluate:
         file=PARAMS,
         seed=config["seed"],
         evaluate=config["evaluate"],
-        models=config["models"],
-        train=config["train"],
     shell:
         "medtailor evaluate --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --output {output.report} --metrics {output.metrics} > {log} 2>&1"

@@ -20,5 +20,6 @@ rule train:
         seed=config["seed"],
         train=config["train"],
         entry=lambda wildcards: config["models"][wildcards.model],
+        gpus=config["compute"]["gpus"],
     shell:
-        "medtailor train --params {params.file} --model {wildcards.model} --input {input.store} --output {output.model} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor train --params {params.file} --model {wildcards.model} --input {input.store} --output {output.model} --state data/train_state/{wildcards.model} --metrics {output.metrics} > {log} 2>&1"

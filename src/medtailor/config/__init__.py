@@ -37,13 +37,43 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def _lookup(params: dict[str, Any], key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+# Pairs (low, high) whose values must satisfy low <= high: relations JSON schema cannot state.
+ORDERED_KEYS = [
+    ("patches.negative_iou", "patches.positive_iou"),
+    ("evaluate.froc.false_positive_iou", "evaluate.froc.hit_iou"),
+]
+
+
+def cross_field_errors(params: dict[str, Any]) -> list[str]:
+    """Relations between keys, checked after the schema so every key exists and has its type."""
+    errors = []
+    for low, high in ORDERED_KEYS:
+        if _lookup(params, low) > _lookup(params, high):
+            errors.append(
+                f"{low} ({_lookup(params, low)}) must not exceed {high} ({_lookup(params, high)})"
+            )
+    fractions = params["split"]["fractions"]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        errors.append(f"split.fractions {fractions} must sum to 1 (they sum to {sum(fractions):g})")
+    return errors
+
+
 def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:
-    """Raise ParamsError listing every schema violation, each with its key path."""
+    """Raise ParamsError listing every schema violation and broken relation between keys,
+    each with its key path, before any work starts."""
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
-        raise ParamsError(f"{source} does not match the medtailor schema:\n{lines}")
+    lines = [_describe(e) for e in errors] if errors else cross_field_errors(params)
+    if lines:
+        listed = "\n".join(f"  - {line}" for line in lines)
+        raise ParamsError(f"{source} does not match the medtailor schema:\n{listed}")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``medtailor train-detector`` and ``medtailor detect``: candidate boxes for every image.
 
 The built-in detector is MONAI's RetinaNet (2D for radiographs, 3D for volumes), trained
-on the training split only. ``detect`` writes ``candidates.parquet``: image_id,
+on the training split only; with ``detector.train_folds`` > 1 each training image is
+scored by a detector trained without its patient (out-of-fold). ``detect`` writes ``candidates.parquet``: image_id,
 candidate_id, kind, the box in voxel edges (x0..z1) and its corner points in world mm
 (wx0..wz1), and score (0-100). With ``detector.source: external`` the user's boxes are
 validated and written in the same table instead.
@@ -21,7 +22,12 @@ from medtailor.detect.data import KINDS, load_detection_images
 from medtailor.detect.external import load_external_boxes
 from medtailor.detect.inference import predict_boxes
 from medtailor.detect.model import build_detector, device
-from medtailor.detect.training import load_checkpoint, run_train_detector
+from medtailor.detect.training import (
+    FOLDS_FILE,
+    detector_file,
+    load_checkpoint,
+    run_train_detector,
+)
 from medtailor.imageio import atomic_output
 from medtailor.spatial import voxel_to_world
 from medtailor.tables import BOX_CORNERS, box_columns, manifest_affine, read_manifest
@@ -70,28 +76,42 @@ def write_candidates(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def detector_of_images(manifest: pd.DataFrame, model_dir: Path) -> pd.Series:
+    """Which detector scores each image: the fold number of a training patient when
+    ``train_detector`` trained out-of-fold detectors (``folds.csv``), else -1 (the
+    detector trained on the whole training split)."""
+    folds_file = model_dir / FOLDS_FILE
+    if not folds_file.is_file():
+        return pd.Series(-1, index=manifest["image_id"].to_numpy())
+    folds = pd.read_csv(folds_file, dtype={"patient_id": str}).set_index("patient_id")["fold"]
+    return pd.Series(
+        manifest["patient_id"].map(folds).fillna(-1).astype(int).to_numpy(),
+        index=manifest["image_id"].to_numpy(),
+    )
+
+
 def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, Any]) -> pd.DataFrame:
     manifest = read_manifest(resample_dir / "manifest.parquet")
+    which = detector_of_images(manifest, model_dir)
     records = []
     for kind, ndim in KINDS.items():
         rows = manifest[manifest["kind"] == kind]
-        if rows.empty:
-            continue
-        checkpoint_path = model_dir / f"{kind}.pt"
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(
-                f"{checkpoint_path}: no trained {kind} detector (run train_detector)"
-            )
         cfg = params["detector"][kind]
-        detector = build_detector(ndim, cfg, params["detector"])
-        detector.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
-        detector.to(device())
-        images = load_detection_images(resample_dir, rows, cfg["intensity"])
-        for item in tqdm(images, desc=f"detect {kind}", unit="image"):
-            boxes, scores = predict_boxes(detector, item.image, tuple(cfg["patch_size"]))
-            for box, score in zip(boxes, scores, strict=True):
-                record = dict(zip(box_columns(ndim), box.tolist(), strict=True))
-                records.append({"image_id": item.image_id, **record, "score": float(score)})
+        for fold, chosen in rows.groupby(which.loc[rows["image_id"]].to_numpy()):
+            checkpoint_path = detector_file(model_dir, kind, None if fold < 0 else int(fold))
+            if not checkpoint_path.is_file():
+                raise FileNotFoundError(
+                    f"{checkpoint_path}: no trained {kind} detector (run train_detector)"
+                )
+            detector = build_detector(ndim, cfg, params["detector"])
+            detector.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
+            detector.to(device())
+            images = load_detection_images(resample_dir, chosen, cfg["intensity"])
+            for item in tqdm(images, desc=f"detect {checkpoint_path.stem}", unit="image"):
+                boxes, scores = predict_boxes(detector, item.image, tuple(cfg["patch_size"]))
+                for box, score in zip(boxes, scores, strict=True):
+                    record = dict(zip(box_columns(ndim), box.tolist(), strict=True))
+                    records.append({"image_id": item.image_id, **record, "score": float(score)})
     frame = pd.DataFrame(records, columns=["image_id", *BOX_CORNERS, "score"])
     return _with_world_corners(frame, manifest)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -62,6 +63,29 @@ def validation_recall(detector, images, cfg, patches_cfg) -> float:
     return found / total if total else float("nan")
 
 
+FOLDS_FILE = "folds.csv"
+
+
+def detector_file(out_dir: Path, kind: str, fold: int | None = None) -> Path:
+    """``<kind>.pt`` (trained on the whole training split) or ``<kind>_fold<k>.pt`` (trained
+    without the training patients of fold k, which it then scores)."""
+    return out_dir / (f"{kind}.pt" if fold is None else f"{kind}_fold{fold}.pt")
+
+
+def assign_folds(patient_ids: list[str], folds: int, key: str) -> dict[str, int]:
+    """Training patients -> fold 0..folds-1, by the split's keyed hash (stable)."""
+    from medtailor.split import hash_position
+
+    ids = sorted(set(patient_ids))
+    return dict(
+        zip(
+            ids,
+            (hash_position(ids, f"{key}:detector-folds") * folds).astype(int).tolist(),
+            strict=True,
+        )
+    )
+
+
 def train_kind(
     kind: str,
     train: list[DetectionImage],
@@ -69,8 +93,10 @@ def train_kind(
     params: Mapping[str, Any],
     out_dir: Path,
     sink: MetricSink,
+    fold: int | None = None,
 ) -> dict[str, float]:
     cfg = params["detector"][kind]
+    name = kind if fold is None else f"{kind}_fold{fold}"
     seed = int(params["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -117,23 +143,23 @@ def train_kind(
             scheduler.step()
             for key in totals:
                 totals[key] += float(losses[key].detach()) / len(batches)
-        metrics = {f"{kind}_loss_{k}": v for k, v in totals.items()}
+        metrics = {f"{name}_loss_{k}": v for k, v in totals.items()}
         last = epoch == epochs
         if val and (epoch % int(cfg["validate_every"]) == 0 or last):
             recall = validation_recall(detector, val, cfg, params["patches"])
-            metrics[f"{kind}_val_recall"] = recall
+            metrics[f"{name}_val_recall"] = recall
             # Later epochs win ties: the model has seen more data for the same recall.
             if recall >= best or np.isnan(recall):
                 best = recall
-                save_torch(checkpoint(epoch, recall), out_dir / f"{kind}.pt")
-                history[f"{kind}_best_epoch"] = epoch
+                save_torch(checkpoint(epoch, recall), detector_file(out_dir, kind, fold))
+                history[f"{name}_best_epoch"] = epoch
         sink(metrics, epoch)
         history.update(metrics)
     if not val:  # nothing to choose on: keep the last epoch
-        save_torch(checkpoint(epochs, float("nan")), out_dir / f"{kind}.pt")
-    history[f"{kind}_best_val_recall"] = best
-    history[f"{kind}_seconds"] = round(time.perf_counter() - started, 1)
-    history[f"{kind}_train_images"] = len(train)
+        save_torch(checkpoint(epochs, float("nan")), detector_file(out_dir, kind, fold))
+    history[f"{name}_best_val_recall"] = best
+    history[f"{name}_seconds"] = round(time.perf_counter() - started, 1)
+    history[f"{name}_train_images"] = len(train)
     return history
 
 
@@ -144,13 +170,23 @@ def run_train_detector(
     params: Mapping[str, Any],
     sink: MetricSink | None = None,
 ) -> dict[str, Any]:
-    """Train one detector per image kind present in the training split."""
+    """Train one detector per image kind present in the training split and, with
+    ``detector.train_folds`` k > 1, k more per kind, each without one fold of the training
+    patients: ``detect`` scores each training image with the detector that never saw it
+    (out-of-fold), so training candidates are as hard as validation and test ones."""
     sink = sink or (lambda metrics, step: None)
     manifest = manifest_with_split(resample_dir, split_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.pt"):
-        stale.unlink()
-    summary: dict[str, Any] = {}
+    for stale in [*out_dir.glob("*.pt"), out_dir / FOLDS_FILE]:
+        stale.unlink(missing_ok=True)
+    folds = int(params["detector"]["train_folds"])
+    train_patients = manifest.loc[manifest["split"] == "train", "patient_id"].tolist()
+    fold_of = assign_folds(train_patients, folds, str(params["split"]["key"])) if folds > 1 else {}
+    if fold_of:
+        pd.DataFrame({"patient_id": list(fold_of), "fold": list(fold_of.values())}).to_csv(
+            out_dir / FOLDS_FILE, index=False
+        )
+    summary: dict[str, Any] = {"train_folds": folds}
     for kind in KINDS:
         rows = manifest[manifest["kind"] == kind]
         train_rows = rows[rows["split"] == "train"]
@@ -158,9 +194,19 @@ def run_train_detector(
             log.info("no %s in the training split: no %s detector", kind, kind)
             continue
         intensity = params["detector"][kind]["intensity"]
-        train = load_detection_images(resample_dir, train_rows, intensity)
         val = load_detection_images(resample_dir, rows[rows["split"] == "val"], intensity)
+        train = load_detection_images(resample_dir, train_rows, intensity)
         summary.update(train_kind(kind, train, val, params, out_dir, sink))
+        for fold in range(folds if folds > 1 else 0):
+            held_out = train_rows["patient_id"].map(fold_of) == fold
+            kept = [item for item, out in zip(train, held_out, strict=True) if not out]
+            if not kept or held_out.sum() == 0:
+                raise RuntimeError(
+                    f"detector.train_folds = {folds}: fold {fold} leaves "
+                    f"{len(kept)} training {kind} image(s) to train on and holds out "
+                    f"{int(held_out.sum())}; use fewer folds"
+                )
+            summary.update(train_kind(kind, kept, val, params, out_dir, sink, fold))
     if not summary:
         raise RuntimeError(f"{split_csv}: the training split holds no image to train a detector on")
     return summary

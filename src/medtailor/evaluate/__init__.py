@@ -85,7 +85,7 @@ def detection_inputs(
     """Test-split candidates with their lesion hits, the lesions and the images, for FROC."""
     manifest = manifest_with_split(resample_dir, split_csv)
     images = manifest[(manifest["split"] == "test") & (manifest["kind"] == kind)][
-        ["image_id", "study_id", "shape"]
+        ["image_id", "study_id", "patient_id", "shape"]
     ]
     truths = read_boxes(resample_dir / "boxes.parquet")
     truths = truths[truths["image_id"].isin(images["image_id"])]
@@ -98,18 +98,22 @@ def detection_inputs(
         images.set_index("image_id")["shape"],
         float(cfg["hit_iou"]),
         float(cfg["false_positive_iou"]),
+        cfg["in_between"],
     )
     return {
         "candidates": candidates,
         "lesions": lesions,
-        "images": images[["image_id", "study_id"]],
+        "images": images[["image_id", "study_id", "patient_id"]],
     }
 
 
 def compare_models(
     frames: dict[str, pd.DataFrame], results: dict[str, dict], cfg: dict, seed: int
 ) -> list[dict]:
-    """Pairwise tests on the test split (the same patches for every model)."""
+    """Pairwise tests on the test split (the same patches for every model), with the
+    patient as the unit: patches of one patient are correlated, so the AUC comparison is
+    the clustered DeLong test (Obuchowski 1997), the bootstrap of the difference resamples
+    patients and McNemar's test is the clustered one of Durkalski et al. (2003)."""
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     rows = []
     for a, b in itertools.combinations(sorted(frames), 2):
@@ -121,32 +125,34 @@ def compare_models(
         if labels.all() or not labels.any():
             rows.append({"a": a, "b": b, "undefined": "single-class test split"})
             continue
-        delong = delong_test(labels, left["prob"].to_numpy(), right["prob"].to_numpy(), level)
+        patients = left["patient_id"].to_numpy()
+        prob_a, prob_b = left["prob"].to_numpy(), right["prob"].to_numpy()
+        delong = delong_test(labels, prob_a, prob_b, level, clusters=patients)
 
-        def difference(weights, left=left, right=right, labels=labels):
-            return weighted_auc(labels, left["prob"].to_numpy(), weights) - weighted_auc(
-                labels, right["prob"].to_numpy(), weights
-            )
+        def difference(weights, prob_a=prob_a, prob_b=prob_b, labels=labels):
+            return weighted_auc(labels, prob_a, weights) - weighted_auc(labels, prob_b, weights)
 
-        low, high, _ = bootstrap_metric(
-            difference, left["patient_id"].to_numpy(), replicates, level, seed
-        )
+        interval = bootstrap_metric(difference, patients, replicates, level, seed)
         row = {
             "a": a,
             "b": b,
+            "unit": "patient",
+            "patients": len(np.unique(patients)),
+            "patches": len(labels),
             "auc_a": delong.auc_a,
             "auc_b": delong.auc_b,
             "difference": delong.difference,
             "delong_z": delong.z,
             "delong_p": delong.p_value,
             "delong_ci": [delong.ci_low, delong.ci_high],
-            "bootstrap_difference_ci": [low, high],
+            "bootstrap_difference_ci": [interval.low, interval.high],
+            "bootstrap_difference_ci_undefined": interval.undefined,
         }
         ta = results[a]["test_operating_point"].get("threshold")
         tb = results[b]["test_operating_point"].get("threshold")
         if ta is not None and tb is not None:
-            mc = mcnemar_test(labels, left["prob"].to_numpy() >= ta, right["prob"].to_numpy() >= tb)
-            row.update({"mcnemar_p": mc["p_value"], "mcnemar_exact": mc["exact"]})
+            mc = mcnemar_test(labels, prob_a >= ta, prob_b >= tb, clusters=patients)
+            row.update({"mcnemar_p": mc["p_value"], "mcnemar_statistic": mc["statistic"]})
         rows.append(row)
     for key in ("delong_p", "mcnemar_p"):
         present = [r for r in rows if key in r and np.isfinite(r[key])]
@@ -175,6 +181,32 @@ def correlations(table: pd.DataFrame) -> list[dict]:
     return found
 
 
+def trained_folders(paths: list[Path], names: list[str] | None = None) -> dict[str, Path]:
+    """Model name -> folder, for every path that is a trained folder (it has ``best.pt``)
+    or holds trained folders; ``names`` keeps only those."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        candidates = [path] if (path / "best.pt").is_file() else sorted(path.glob("*/best.pt"))
+        for folder in (c.parent if c.name == "best.pt" else c for c in candidates):
+            if folder.name in found and found[folder.name] != folder:
+                raise EvaluationInputError(
+                    f"two trained folders are named {folder.name}: {found[folder.name]}, {folder}"
+                )
+            found[folder.name] = folder
+    if names:
+        missing = sorted(set(names) - set(found))
+        if missing:
+            raise EvaluationInputError(
+                f"no trained folder (with best.pt) for {missing} under {[str(p) for p in paths]}"
+            )
+        found = {name: found[name] for name in names}
+    if not found:
+        raise EvaluationInputError(
+            f"no trained model folder (with best.pt) in {[str(p) for p in paths]}"
+        )
+    return found
+
+
 def run_evaluate(
     models: dict[str, Path],
     store_dir: Path,
@@ -182,10 +214,14 @@ def run_evaluate(
     split_csv: Path,
     out_dir: Path,
     params: dict[str, Any],
-    model_info: dict[str, dict],
 ) -> dict[str, Any]:
-    """Evaluate every model in ``models`` (name -> its output folder); write the report."""
+    """Evaluate every model in ``models`` (name -> its trained folder); write the report.
+
+    Each model is rebuilt from its own checkpoint (which carries its configuration and its
+    parameter and MAC counts), never from the current params.yaml.
+    """
     from medtailor.evaluate.report import gradcam_for_model, write_report
+    from medtailor.train.architecture import load_classifier
 
     cfg, seed = params["evaluate"], int(params["seed"])
     store = PatchStore(store_dir)
@@ -212,17 +248,22 @@ def run_evaluate(
     results, frames, curves = {}, {}, [detector_curve.assign(model="detector")]
     for name, folder in tqdm(sorted(models.items()), desc="evaluate", unit="model"):
         frame = load_predictions(folder / "predictions.parquet", store.index)
+        model, checkpoint = load_classifier(folder / "best.pt")
         result, tables = evaluate_model(name, frame, detection, cfg, seed)
+        config = checkpoint["config"]
         result.update(
             {
-                k: model_info.get(name, {}).get(k)
-                for k in ("parameters", "macs", "init", "architecture")
+                "parameters": checkpoint.get("parameters"),
+                "macs": checkpoint.get("macs"),
+                "init": config["init"],
+                "architecture": config["model"],
+                "config": config,
             }
         )
         threshold = result["test_operating_point"].get("threshold")
         if threshold is not None and int(cfg["gradcam_per_outcome"]) > 0:
             result["gradcam"] = str(
-                gradcam_for_model(name, folder, frame, store, params, threshold, out_dir)
+                gradcam_for_model(name, model, config, frame, store, params, threshold, out_dir)
             )
         results[name], frames[name] = result, frame
         curves.append(tables["froc"])

@@ -73,7 +73,7 @@ def auc_with_ci(frame: pd.DataFrame, replicates: int, level: float, seed: int) -
         return {"auc": None, "auc_ci": [None, None], "undefined": "single class", "n": len(cases)}
     probs = cases["prob"].to_numpy(float)
     auc = float(weighted_auc(labels, probs, np.ones((1, len(cases))))[0])
-    low, high, _ = bootstrap_metric(
+    interval = bootstrap_metric(
         lambda w: weighted_auc(labels, probs, w),
         cases["patient_id"].to_numpy(),
         replicates,
@@ -82,7 +82,7 @@ def auc_with_ci(frame: pd.DataFrame, replicates: int, level: float, seed: int) -
     )
     return {
         "auc": auc,
-        "auc_ci": [low, high],
+        **interval.as_dict("auc"),
         "n": len(cases),
         "positives": int(labels.sum()),
         "patients": int(cases["patient_id"].nunique()),
@@ -107,7 +107,7 @@ def operating_point(
     result: dict[str, Any] = {"threshold": threshold}
     clusters = test_cases["patient_id"].to_numpy()
     for name in point:
-        low, high, _ = bootstrap_metric(
+        interval = bootstrap_metric(
             lambda w, name=name: threshold_metrics(labels, predicted, w)[name],
             clusters,
             replicates,
@@ -115,5 +115,5 @@ def operating_point(
             seed,
         )
         result[name] = None if np.isnan(point[name]) else point[name]
-        result[f"{name}_ci"] = [low, high]
+        result.update(interval.as_dict(name))
     return result

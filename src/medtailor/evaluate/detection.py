@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 
 from medtailor.evaluate.froc import aufroc, build_froc_data, froc_curve, luna16_score
-from medtailor.evaluate.stats import cluster_weights, percentile_interval
+from medtailor.evaluate.stats import BootstrapInterval, cluster_weights, percentile_interval
 from medtailor.patches.labelling import clip_boxes, iou_matrix
 from medtailor.tables import box_columns
+
+IN_BETWEEN_RULES = ("false_positive", "ignored")
 
 
 def candidate_hits(
@@ -19,9 +21,19 @@ def candidate_hits(
     shapes: pd.Series,
     hit_iou: float,
     false_positive_iou: float,
+    in_between: str = "false_positive",
 ) -> pd.DataFrame:
     """Add to each candidate the lesions it pinpoints (IoU > hit_iou with one of their boxes)
-    and whether it is a false positive (IoU < false_positive_iou with every box)."""
+    and whether it is a false positive.
+
+    ``in_between`` is the FROC convention for a candidate that hits no lesion but overlaps
+    one: ``false_positive`` (default, the fracture study's and the patch labels' rule: every
+    candidate that hits no lesion is a false positive, as it is a negative for AUC) or
+    ``ignored`` (neither hit nor false positive when its best IoU is at least
+    ``false_positive_iou``).
+    """
+    if in_between not in IN_BETWEEN_RULES:
+        raise ValueError(f"in_between must be one of {IN_BETWEEN_RULES}, got {in_between!r}")
     if candidates.empty:
         return candidates.assign(hits=pd.Series(dtype=object), false_positive=pd.Series(dtype=bool))
     hits, false_positive = [], []
@@ -39,8 +51,12 @@ def candidate_hits(
             clip_boxes(gt[columns].to_numpy(float), shape),
         )
         lesion_ids = gt["lesion_id"].to_numpy()
-        hits.extend([sorted(set(lesion_ids[row > hit_iou])) for row in overlap])
-        false_positive.extend(list(overlap.max(axis=1) < false_positive_iou))
+        hit = [sorted(set(lesion_ids[row > hit_iou])) for row in overlap]
+        hits.extend(hit)
+        missed = np.array([not h for h in hit])
+        if in_between == "ignored":
+            missed &= overlap.max(axis=1) < false_positive_iou
+        false_positive.extend(missed.tolist())
     ordered = pd.concat([g for _, g in candidates.groupby("image_id", sort=False)])
     return ordered.assign(hits=hits, false_positive=false_positive)
 
@@ -55,20 +71,30 @@ def froc_summary(
     level: float,
     seed: int,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """AUFROC (with a study-bootstrap CI), LUNA16 score, and the curve as a table."""
+    """AUFROC (with a patient-bootstrap CI), LUNA16 score, and the curve as a table.
+
+    ``images`` carries ``patient_id``: the bootstrap draws patients (each study belongs to
+    one), the unit every other interval of the report resamples; replicates without a
+    lesion (AUFROC undefined) are counted, not silently dropped.
+    """
     data = build_froc_data(candidates.assign(score=candidates[score_column]), lesions, images)
     low, high = (float(v) for v in cfg["aufroc_fppi"])
     fppi, recall = froc_curve(data)
+    study_patient = (
+        images.drop_duplicates("study_id").set_index("study_id")["patient_id"].sort_index()
+    )
     rng = np.random.default_rng(seed)
-    draws = cluster_weights(np.arange(data.n_studies), replicates, rng)
-    samples = []
-    for weights in draws:
+    draws = cluster_weights(study_patient.to_numpy(), replicates, rng)
+    samples = np.full(replicates, np.nan)
+    for replicate, weights in enumerate(draws):
         f, r = froc_curve(data, weights)
-        samples.append(aufroc(f, r, low, high) if np.isfinite(r).all() else np.nan)
-    ci = percentile_interval(np.array(samples), level)
+        if np.isfinite(r).all():
+            samples[replicate] = aufroc(f, r, low, high)
+    interval = BootstrapInterval(*percentile_interval(samples, level), samples)
     summary = {
         "aufroc": aufroc(fppi, recall, low, high) if np.isfinite(recall).all() else None,
-        "aufroc_ci": list(ci),
+        **interval.as_dict("aufroc"),
+        "in_between": cfg.get("in_between", "false_positive"),
         "luna16": luna16_score(fppi, recall) if np.isfinite(recall).all() else None,
         "lesions": len(lesions),
         "studies_with_lesions": int(lesions["study_id"].nunique()),

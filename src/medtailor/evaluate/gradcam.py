@@ -1,4 +1,11 @@
-"""Grad-CAM heatmaps (MONAI) for validation patches of each outcome (TP, FP, TN, FN)."""
+"""Grad-CAM heatmaps (MONAI) for validation patches of each outcome (TP, FP, TN, FN).
+
+The target layer is the deepest backbone stage whose feature map still has at least
+``MIN_CAM_SIDE`` pixels across the input (timm's ``feature_info`` gives each stage's
+reduction). Grad-CAM's usual choice, the last convolution, sees a 64-pixel patch at
+stride 32 as a 2 x 2 map: upsampled, it is flat or lands on the background. MONAI's
+GradCAM upsamples the map to the input and min-max normalises it per image.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,29 @@ import pandas as pd
 import torch
 from monai.visualize import GradCAM
 from torch import nn
+
+MIN_CAM_SIDE = 7
+
+
+def gradcam_layer(model: nn.Module, input_size: int) -> str:
+    """Name of the Grad-CAM target layer of a ``Classifier`` for ``input_size`` inputs."""
+    backbone = getattr(model, "backbone", None)
+    present = dict(backbone.named_modules()) if backbone is not None else {}
+    stages = [
+        info
+        for info in getattr(backbone, "feature_info", [])
+        if info["module"] in present and input_size / info["reduction"] >= MIN_CAM_SIDE
+    ]
+    if stages:
+        return f"backbone.{stages[-1]['module']}"
+    return last_convolution(model)
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, input_size: int) -> np.ndarray:
+    """(N, H, W) Grad-CAM maps of class 1 ("lesion"), each scaled to [0, 1]."""
+    model.eval()
+    cam = GradCAM(nn_module=model, target_layers=gradcam_layer(model, input_size))
+    return cam(images, class_idx=1).detach().cpu().numpy()[:, 0]
 
 
 def last_convolution(model: nn.Module) -> str:
@@ -42,8 +72,7 @@ def gradcam_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cam = GradCAM(nn_module=model, target_layers=last_convolution(model))
-    maps = cam(images, class_idx=1).detach().numpy()[:, 0]
+    maps = gradcam_maps(model, images, images.shape[-1])
     fig, axes = plt.subplots(
         2, max(len(cases), 1), figsize=(2.2 * max(len(cases), 1), 4.6), squeeze=False
     )

@@ -23,22 +23,18 @@ def _plt():
 
 def gradcam_for_model(
     name: str,
-    folder: Path,
+    model: torch.nn.Module,
+    entry: dict[str, Any],
     frame: pd.DataFrame,
     store: PatchStore,
     params: dict,
     threshold: float,
     out_dir: Path,
 ) -> Path:
+    """Grad-CAM figure of ``model`` (rebuilt from its checkpoint; ``entry`` is the
+    configuration the checkpoint carries) on validation patches of each outcome."""
     from medtailor.evaluate.gradcam import gradcam_figure, pick_cases, stack_patches
-    from medtailor.train import model_entry
-    from medtailor.train.architecture import build_classifier
 
-    entry = model_entry(params, name)
-    model = build_classifier({**entry, "init": "scratch"})
-    model.load_state_dict(
-        torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"]
-    )
     val = frame[frame["split"] == "val"].merge(store.index[["patch_id", "row"]], on="patch_id")
     cases = pick_cases(
         val, threshold, int(params["evaluate"]["gradcam_per_outcome"]), int(params["seed"])
@@ -63,6 +59,31 @@ def _interval(value: Any, ci: Any) -> str:
     if not ci or ci[0] is None:
         return f"{value:.3f}"
     return f"{value:.3f} ({ci[0]:.3f}–{ci[1]:.3f})"
+
+
+FPPI_TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+
+
+def froc_left_edge(low: float) -> float:
+    """Left end of the log FPPI axis: below the AUFROC range; 0 FPPI is drawn there."""
+    return min(float(low), FPPI_TICKS[0]) / 2
+
+
+def froc_axis(ax: Any, low: float) -> None:
+    """A log FPPI axis labelled at the LUNA16 operating points (1/8 ... 8) and reaching down
+    to the AUFROC range."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    left = froc_left_edge(low)
+    ax.set_xscale("log")
+    ax.set_xlim(left, FPPI_TICKS[-1] * 1.25)
+    ticks = [t for t in (0.02, 0.05) if t > left] + list(FPPI_TICKS)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels(
+        [f"1/{round(1 / t)}" if t < 1 and 1 / t == round(1 / t) else f"{t:g}" for t in ticks]
+    )
+    ax.set_ylim(0, 1.02)
 
 
 def _figures(
@@ -91,14 +112,11 @@ def _figures(
             part["fppi"].to_numpy()[order],
             np.maximum.accumulate(part["recall"].to_numpy()[order]),
         )
+        f = np.maximum(f, froc_left_edge(low))
         ax.step(f, r, where="post", label=name, ls="--" if name == "detector" else "-")
     ax.axvspan(low, high, color="grey", alpha=0.12, label="AUFROC range")
-    ax.set(
-        xscale="symlog",
-        xlabel="false positives per image",
-        ylabel="study-wise recall",
-        title="FROC, test split",
-    )
+    froc_axis(ax, low)
+    ax.set(xlabel="false positives per image", ylabel="study-wise recall", title="FROC, test split")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figures / "froc.png", dpi=120)
@@ -146,22 +164,37 @@ def write_report(
     level = round(100 * float(cfg["confidence_level"]))
     figures = _figures(summary, table, roc_table(frames), froc, out, cfg)
     low, high = cfg["froc"]["aufroc_fppi"]
+    replicates = int(cfg["bootstrap_replicates"])
+    in_between = {
+        "false_positive": "a candidate that hits no lesion counts as a false positive, "
+        "whatever its overlap (the same rule as the patch labels of validation and test)",
+        "ignored": f"a candidate that hits no lesion but overlaps one with IoU of at least "
+        f"{cfg['froc']['false_positive_iou']} is neither a hit nor a false positive",
+    }[cfg["froc"]["in_between"]]
     lines = [
         "# medtailor evaluation report",
         "",
-        f"Intervals are {level}% percentile bootstrap intervals over "
-        f"{cfg['bootstrap_replicates']} replicates, resampling patients (classification) or "
-        f"studies (FROC), not patches. Thresholds are chosen on the validation split "
-        f"(Youden's J) and applied to the test split. AUFROC is the area under the study-wise "
-        f"FROC step curve between {low} and {high} false positives per image, divided by "
-        f"{high - low:g} (so 1 is perfect); candidates are the detector's, re-scored by each "
-        "classifier.",
+        "Every interval and test below states its unit: the patient, unless said otherwise. "
+        "Patches (detector candidates) of one patient are correlated, so no interval or test "
+        "treats them as independent.",
         "",
-        "## Models",
+        f"Thresholds are chosen on the validation split (Youden's J) and applied to the test "
+        f"split. AUFROC is the area under the study-wise FROC step curve between {low} and "
+        f"{high} false positives per image, divided by {high - low:g} (so 1 is perfect); "
+        f"candidates are the detector's, re-scored by each classifier; a candidate hits a "
+        f"lesion when its IoU exceeds {cfg['froc']['hit_iou']}, and {in_between}.",
+        "",
+        "## Models (test split)",
+        "",
+        f"Unit: **patient**. AUC, sensitivity and specificity intervals are {level}% "
+        f"percentile intervals of {replicates} bootstrap replicates that resample patients "
+        "(all patches of a drawn patient together); the AUFROC interval resamples patients "
+        "too (all studies of a drawn patient together).",
         "",
         "| model | architecture | init | test AUC | test AUFROC | sensitivity | specificity | parameters | MACs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    undefined = []
     for name, r in summary["models"].items():
         op = r["test_operating_point"]
         lines.append(
@@ -171,30 +204,60 @@ def write_report(
             f"{_interval(op.get('specificity'), op.get('specificity_ci'))} | "
             f"{(r.get('parameters') or 0) / 1e6:.2f} M | {(r.get('macs') or 0) / 1e9:.3f} G |"
         )
+        for label, block, key in (
+            ("AUC", r["test"], "auc"),
+            ("AUFROC", r["test_froc"], "aufroc"),
+            ("sensitivity", op, "sensitivity"),
+            ("specificity", op, "specificity"),
+        ):
+            count = block.get(f"{key}_ci_undefined") or 0
+            if count:
+                undefined.append(f"{name} {label}: {count} of {replicates}")
+    lines += [
+        "",
+        "Bootstrap replicates where a metric was undefined (a draw without a positive or a "
+        "lesion), left out of its interval: "
+        + ("; ".join(undefined) if undefined else "none")
+        + ".",
+    ]
     det = summary["detector_froc"]
     lines += [
         "",
-        f"The detector's own scores give AUFROC {_interval(det.get('aufroc'), det.get('aufroc_ci'))} and LUNA16 "
-        f"score {det.get('luna16') if det.get('luna16') is None else round(det['luna16'], 3)} on "
+        f"The detector's own scores give AUFROC {_interval(det.get('aufroc'), det.get('aufroc_ci'))} "
+        f"(patient bootstrap; {det.get('aufroc_ci_undefined') or 0} undefined replicates) and "
+        f"LUNA16 score {det.get('luna16') if det.get('luna16') is None else round(det['luna16'], 3)} on "
         f"{det['lesions']} test lesions in {det['studies_with_lesions']} studies ({det['images']} images).",
         "",
         "## Pairwise comparisons (test split)",
         "",
-        "| a | b | AUC difference | DeLong z | DeLong p (Holm) | bootstrap CI of difference | McNemar p (Holm) |",
-        "|---|---|---|---|---|---|---|",
+        "Unit: **patient**. DeLong: the clustered DeLong test (Obuchowski 1997; patients are "
+        "the clusters, the same patches for both models), with its normal-theory interval of "
+        f"the AUC difference; bootstrap: {level}% percentile interval of the difference over "
+        f"{replicates} replicates resampling patients; McNemar: the clustered test for matched "
+        "pairs of Durkalski et al. (2003) at each model's validation threshold. Holm adjusts "
+        "each test's p-values across all pairs.",
+        "",
+        "| a | b | patients (patches) | AUC difference (DeLong CI) | DeLong z | DeLong p (Holm) | bootstrap CI of difference | McNemar p (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["comparisons"]:
         if "undefined" in c:
-            lines.append(f"| {c['a']} | {c['b']} | undefined: {c['undefined']} | | | | |")
+            lines.append(f"| {c['a']} | {c['b']} | | undefined: {c['undefined']} | | | | |")
             continue
-        low, high = c["bootstrap_difference_ci"]
+        b_low, b_high = c["bootstrap_difference_ci"]
         lines.append(
-            f"| {c['a']} | {c['b']} | {_interval(c['difference'], c['delong_ci'])} | {_number(c['delong_z'], '.2f')} | "
+            f"| {c['a']} | {c['b']} | {c['patients']} ({c['patches']}) | {_interval(c['difference'], c['delong_ci'])} | {_number(c['delong_z'], '.2f')} | "
             f"{_number(c['delong_p'])} ({_number(c.get('delong_p_holm'))}) | "
-            f"{_number(low, '.3f')}–{_number(high, '.3f')} | "
+            f"{_number(b_low, '.3f')}–{_number(b_high, '.3f')} | "
             f"{_number(c.get('mcnemar_p'))} ({_number(c.get('mcnemar_p_holm'))}) |"
         )
-    lines += ["", "## Correlations across models (Spearman)", ""]
+    lines += [
+        "",
+        "## Correlations across models (Spearman)",
+        "",
+        "Unit: **model** (one point estimate per model; no resampling).",
+        "",
+    ]
     for c in summary["correlations"]:
         if "undefined" in c:
             lines.append(f"- {c['y']} vs {c['x']}: undefined ({c['undefined']})")

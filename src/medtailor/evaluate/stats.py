@@ -41,15 +41,44 @@ def delong_components(
     return auc, v10, v01
 
 
-def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs and their DeLong covariance matrix (k, k)."""
+def delong_covariance(
+    labels: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs and their covariance matrix (k, k), DeLong's or, with ``clusters``, Obuchowski's.
+
+    With ``clusters`` (one id per case, e.g. the patient), the structural components are
+    summed per cluster and the covariance is the clustered estimator of Obuchowski (1997,
+    Biometrics 53:567): with I clusters, I10 of them with a positive and I01 with a negative,
+    M positives and N negatives, m_i and n_i per cluster,
+    S10 = I10 / ((I10 - 1) M) sum_i (V10_i - m_i A)(V10_i - m_i B)', likewise S01, and
+    S11 = I / (I - 1) sum_i (V10_i - m_i A)(V01_i - n_i B)'; then
+    cov = S10 / M + S01 / N + (S11 + S11') / (M N). When every cluster holds one case this is
+    exactly DeLong's covariance (S11 vanishes; S10 and S01 become the sample covariances).
+    """
     auc, v10, v01 = delong_components(labels, scores)
     m, n = v10.shape[1], v01.shape[1]
-    if m < 2 or n < 2:  # a covariance needs two cases of each class
+    if clusters is None:
+        if m < 2 or n < 2:  # a covariance needs two cases of each class
+            return auc, np.full((len(auc), len(auc)), np.nan)
+        return auc, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    labels = np.asarray(labels).astype(bool)
+    ids, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = len(ids)
+    pos_cluster, neg_cluster = inverse[labels], inverse[~labels]
+    per_pos = np.bincount(pos_cluster, minlength=n_clusters)
+    per_neg = np.bincount(neg_cluster, minlength=n_clusters)
+    i10, i01 = int((per_pos > 0).sum()), int((per_neg > 0).sum())
+    if i10 < 2 or i01 < 2:  # a covariance needs two clusters with each class
         return auc, np.full((len(auc), len(auc)), np.nan)
-    s10 = np.atleast_2d(np.cov(v10)) if v10.shape[0] > 1 else np.array([[np.var(v10, ddof=1)]])
-    s01 = np.atleast_2d(np.cov(v01)) if v01.shape[0] > 1 else np.array([[np.var(v01, ddof=1)]])
-    return auc, s10 / m + s01 / n
+    # (k, I) per-cluster sums of the structural components, centred on m_i * AUC.
+    x = np.stack([np.bincount(pos_cluster, row, n_clusters) for row in v10])
+    y = np.stack([np.bincount(neg_cluster, row, n_clusters) for row in v01])
+    x -= auc[:, None] * per_pos[None, :]
+    y -= auc[:, None] * per_neg[None, :]
+    s10 = i10 / ((i10 - 1) * m) * (x @ x.T)
+    s01 = i01 / ((i01 - 1) * n) * (y @ y.T)
+    s11 = n_clusters / (n_clusters - 1) * (x @ y.T)
+    return auc, s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
 @dataclass(frozen=True)
@@ -65,13 +94,18 @@ class DeLongResult:
 
 
 def delong_test(
-    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, level: float = 0.95
+    labels: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> DeLongResult:
-    """Paired two-sided DeLong test of AUC(a) = AUC(b) on the same cases."""
-    auc, cov = delong_covariance(labels, np.vstack([scores_a, scores_b]))
+    """Paired two-sided test of AUC(a) = AUC(b) on the same cases: DeLong's, or with
+    ``clusters`` the clustered (Obuchowski 1997) version for correlated cases."""
+    auc, cov = delong_covariance(labels, np.vstack([scores_a, scores_b]), clusters)
     difference = float(auc[0] - auc[1])
     variance = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if not np.isfinite(variance):  # fewer than two positives or negatives: undefined
+    if not np.isfinite(variance):  # too few positives or negatives: undefined
         nan = float("nan")
         return DeLongResult(float(auc[0]), float(auc[1]), difference, nan, nan, nan, nan, nan)
     if variance <= 0:
@@ -135,6 +169,23 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]
     return float(low), float(high)
 
 
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """A percentile interval and the replicates behind it; ``undefined`` counts replicates
+    where the metric was undefined (e.g. a draw with no positive), left out of the interval."""
+
+    low: float
+    high: float
+    samples: np.ndarray
+
+    @property
+    def undefined(self) -> int:
+        return int(np.sum(~np.isfinite(self.samples)))
+
+    def as_dict(self, prefix: str) -> dict[str, object]:
+        return {f"{prefix}_ci": [self.low, self.high], f"{prefix}_ci_undefined": self.undefined}
+
+
 def bootstrap_metric(
     metric: Callable[[np.ndarray], np.ndarray],
     clusters: np.ndarray,
@@ -142,7 +193,7 @@ def bootstrap_metric(
     level: float,
     seed: int,
     chunk: int = 100,
-) -> tuple[float, float, np.ndarray]:
+) -> BootstrapInterval:
     """Percentile CI of ``metric(weights)`` under the cluster (patient) bootstrap.
 
     ``metric`` maps a (r, cases) weight matrix to r values; drawing in chunks keeps memory
@@ -154,7 +205,7 @@ def bootstrap_metric(
         values.append(metric(cluster_weights(clusters, min(chunk, replicates - start), rng)))
     samples = np.concatenate(values)
     low, high = percentile_interval(samples, level)
-    return low, high, samples
+    return BootstrapInterval(low, high, samples)
 
 
 def threshold_metrics(
@@ -193,18 +244,44 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def mcnemar_test(
-    labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray
+    labels: np.ndarray,
+    predicted_a: np.ndarray,
+    predicted_b: np.ndarray,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """McNemar's test on the correctness of two thresholded classifiers (statsmodels;
-    exact binomial when there are fewer than 25 discordant pairs)."""
+    """McNemar's test on the correctness of two thresholded classifiers.
+
+    Without ``clusters``: statsmodels' McNemar (exact binomial below 25 discordant pairs).
+    With ``clusters``: Durkalski et al. (2003, Stat Med 22:2417) for clustered matched pairs,
+    X2 = (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2 on 1 degree of freedom, b_k and c_k the
+    discordant pairs of cluster k; with one pair per cluster it is McNemar's uncorrected X2.
+    """
     from statsmodels.stats.contingency_tables import mcnemar
 
-    right_a = np.asarray(predicted_a).astype(bool) == np.asarray(labels).astype(bool)
-    right_b = np.asarray(predicted_b).astype(bool) == np.asarray(labels).astype(bool)
+    truth = np.asarray(labels).astype(bool)
+    right_a = np.asarray(predicted_a).astype(bool) == truth
+    right_b = np.asarray(predicted_b).astype(bool) == truth
+    only_a, only_b = right_a & ~right_b, ~right_a & right_b
+    counts = {"only_a_right": int(only_a.sum()), "only_b_right": int(only_b.sum())}
+    if clusters is not None:
+        _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        per_cluster = np.bincount(inverse, only_a.astype(float)) - np.bincount(
+            inverse, only_b.astype(float)
+        )
+        denominator = float(np.sum(per_cluster**2))
+        if denominator == 0:  # no discordant cluster: no evidence either way
+            return {"statistic": 0.0, "p_value": 1.0, "exact": False, **counts}
+        statistic = float(per_cluster.sum() ** 2 / denominator)
+        return {
+            "statistic": statistic,
+            "p_value": float(stats.chi2.sf(statistic, 1)),
+            "exact": False,
+            **counts,
+        }
     table = np.array(
         [
-            [np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
-            [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)],
+            [np.sum(right_a & right_b), counts["only_a_right"]],
+            [counts["only_b_right"], np.sum(~right_a & ~right_b)],
         ]
     )
     exact = table[0, 1] + table[1, 0] < 25
@@ -213,8 +290,7 @@ def mcnemar_test(
         "statistic": float(result.statistic),
         "p_value": float(result.pvalue),
         "exact": bool(exact),
-        "only_a_right": int(table[0, 1]),
-        "only_b_right": int(table[1, 0]),
+        **counts,
     }
 
 

@@ -21,7 +21,7 @@ from medtailor.imageio import load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
 from medtailor.patches.labelling import best_match, clip_boxes, iou_matrix, label_by_iou
-from medtailor.patches.store import INDEX, PatchWriter
+from medtailor.patches.store import FINGERPRINT, INDEX, PatchWriter, write_fingerprint
 from medtailor.split import SPLITS, manifest_with_split
 from medtailor.tables import BOX_CORNERS, box_columns, read_boxes
 
@@ -100,8 +100,8 @@ def run_patches(
     index = label_candidates(manifest, candidates, truths, cfg)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.npy"):
-        stale.unlink()
+    for stale in [*out_dir.glob("*.npy"), out_dir / FINGERPRINT]:
+        stale.unlink(missing_ok=True)
     sizes = {"radiograph": tuple(cfg["size_2d"]), "volume": tuple(cfg["size_3d"])}
     counts = index.groupby(["kind", "split"]).size().to_dict()
     writer = PatchWriter(out_dir, counts, sizes, cfg["dtype"])
@@ -123,6 +123,7 @@ def run_patches(
             )
     writer.close()
     index.to_parquet(out_dir / INDEX, index=False)
+    write_fingerprint(out_dir)
 
     summary = summarise(index, candidates, manifest, truths, cfg)
     summary["seconds"] = round(time.perf_counter() - started, 2)

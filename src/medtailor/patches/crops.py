@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from medtailor.spatial import antialias_sigma
+
 
 def context_region(box: np.ndarray, context: float, square: bool) -> tuple[np.ndarray, np.ndarray]:
     """Edges (low, high) of the crop: the box grown by ``context`` x its size on each side,
@@ -23,12 +25,13 @@ def extract_patch(
 ) -> np.ndarray:
     """Sample the region [low, high) (voxel edges) on a ``size`` grid, linearly, zero outside.
 
-    Downsampled axes are low-pass filtered first (Gaussian, sigma = (step - 1) / 2) so the
-    patch does not alias; only a margin around the region is filtered.
+    Downsampled axes are low-pass filtered first (the resample stage's anti-aliasing
+    Gaussian for a shrink factor of ``step``) so the patch does not alias; only a margin
+    around the region is filtered.
     """
     size_arr = np.asarray(size, float)
     step = (high - low) / size_arr
-    sigma = np.where(step > 1, (step - 1) / 2, 0.0)
+    sigma = antialias_sigma(tuple(step))
     margin = np.ceil(3 * sigma + 2).astype(int)
     start = np.clip(np.floor(low).astype(int) - margin, 0, np.asarray(image.shape))
     stop = np.clip(np.ceil(high).astype(int) + margin, 0, np.asarray(image.shape))

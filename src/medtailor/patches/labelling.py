@@ -2,9 +2,12 @@
 
 Rules (thresholds from params ``patches``): IoU > positive_iou is positive (1);
 IoU < negative_iou is negative (0); positive_iou >= IoU >= negative_iou is "in between":
-ignored (-1) in the train and val splits, negative (0) in the test split, so the test set
-scores every candidate the detector would hand to the classifier. Both bounds of the
-in-between band are inclusive: IoU exactly 0.5 or exactly 0.2 is in between.
+ignored (-1) in the train split only (the fracture study's rule: ambiguous crops do not
+teach the classifier), negative (0) in validation and test alike, so the split that
+chooses the checkpoint and the threshold scores every candidate the detector hands to the
+classifier exactly as the test split does (and as FROC counts them: a candidate that hits
+no lesion is a false positive). Both bounds of the in-between band are inclusive: IoU
+exactly 0.5 or exactly 0.2 is in between.
 
 IoU is computed here in float64 rather than with ``monai.data.box_utils.box_iou``, which
 works in float32 (and divides by ``union + eps``): an IoU of exactly 0.5 comes out as
@@ -58,13 +61,13 @@ def best_match(candidates: np.ndarray, truths: np.ndarray) -> tuple[np.ndarray, 
 def label_by_iou(
     best_iou: np.ndarray, split: str, positive_iou: float = 0.5, negative_iou: float = 0.2
 ) -> np.ndarray:
-    """Labels 1/0/-1 from best IoUs, with the in-between band ignored except in test."""
+    """Labels 1/0/-1 from best IoUs, with the in-between band ignored in training only."""
     if negative_iou > positive_iou:
         raise ValueError(
             f"negative_iou ({negative_iou}) must not exceed positive_iou ({positive_iou})"
         )
     best_iou = np.asarray(best_iou, float)
-    labels = np.full(best_iou.shape, IGNORED if split != "test" else NEGATIVE, dtype=np.int8)
+    labels = np.full(best_iou.shape, IGNORED if split == "train" else NEGATIVE, dtype=np.int8)
     labels[best_iou > positive_iou] = POSITIVE
     labels[best_iou < negative_iou] = NEGATIVE
     return labels

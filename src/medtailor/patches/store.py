@@ -7,6 +7,8 @@ described by the index row with that kind, split and ``row``. Readers map the ar
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,25 @@ import numpy as np
 import pandas as pd
 
 INDEX = "index.parquet"
+FINGERPRINT = "fingerprint.json"
+
+
+def compute_fingerprint(root: Path) -> str:
+    """sha256 over the index and every patch array: the identity of a store's content."""
+    digest = hashlib.sha256()
+    for path in [root / INDEX, *sorted(root.glob("*.npy"))]:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def write_fingerprint(root: Path) -> str:
+    """Record the fingerprint once, when the store is written, so readers need not hash it."""
+    value = compute_fingerprint(root)
+    (root / FINGERPRINT).write_text(json.dumps({"sha256": value}) + "\n")
+    return value
 
 
 def array_path(root: Path, kind: str, split: str) -> Path:
@@ -33,6 +54,13 @@ class PatchStore:
         if key not in self._arrays:
             self._arrays[key] = np.load(array_path(self.root, kind, split), mmap_mode="r")
         return self._arrays[key]
+
+    def fingerprint(self) -> str:
+        """The content hash recorded by the patches stage (computed for older stores)."""
+        recorded = self.root / FINGERPRINT
+        if recorded.is_file():
+            return str(json.loads(recorded.read_text())["sha256"])
+        return compute_fingerprint(self.root)
 
     def rows(self, kind: str, split: str) -> pd.DataFrame:
         chosen = self.index[(self.index["kind"] == kind) & (self.index["split"] == split)]

@@ -52,6 +52,7 @@ def run_resample(input_dir: Path, out_dir: Path, params: dict[str, Any]) -> dict
             separate_axis=separate,
             order_separate=int(cfg["order_lowres_axis"]),
             progress=image.size > 2e7,
+            antialias=bool(cfg["antialias"]),
         )
         new_affine = gmap.target_affine(affine)
         image_rel = f"images/{row['image_id']}.nii.gz"

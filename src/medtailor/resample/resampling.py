@@ -6,6 +6,14 @@ and new voxel centre i sits at old voxel coordinate ``offset + scale * i`` with
 ``scale = t / s`` and ``offset = (n - 1) / 2 - scale (m - 1) / 2``. The new affine is the
 old one composed with that map, so the resampled image overlays the same world points.
 
+Downsampling is anti-aliased: before interpolation, each axis shrunk by a factor d > 1 is
+blurred with a Gaussian of sigma = sqrt(d^2 - 1) / 2 source voxels. Treating a voxel as a
+blur of sigma 1/2 voxel, this brings the source's blur up to the target voxel's (d/2), so
+detail finer than the new Nyquist limit fades instead of folding into false coarse
+patterns (a 0.55 mm grating resampled from 0.2 to 0.4 mm keeps 12% of its amplitude
+instead of reappearing as an 80% pattern of 1.46 mm; a 4 mm one keeps 97%). Label maps are
+not blurred.
+
 When one axis' spacing exceeds the finest by more than ``anisotropy_threshold`` (nnU-Net
 uses 3), that axis is resampled on its own with a low order (0 by default), and the
 in-plane axes slice by slice with the full order, so thick slices are never smeared
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
+
+from medtailor.spatial import antialias_sigma
 
 
 @dataclass(frozen=True)
@@ -119,9 +129,14 @@ def resample_image(
     separate_axis: int | None = None,
     order_separate: int = 0,
     progress: bool = False,
+    antialias: bool = True,
 ) -> np.ndarray:
-    """Resample an image onto ``gmap``'s target grid (float32)."""
+    """Resample an image onto ``gmap``'s target grid (float32), low-pass filtered first on
+    the axes it downsamples when ``antialias``."""
     array = np.asarray(array, np.float32)
+    sigma = antialias_sigma(gmap.scale)
+    if antialias and sigma.any():
+        array = ndimage.gaussian_filter(array, sigma, mode="nearest", truncate=4.0)
     if separate_axis is None:
         return _affine_pass(array, gmap.scale, gmap.offset, gmap.out_shape, order)
     plane_axes = [a for a in range(array.ndim) if a != separate_axis]
@@ -176,7 +191,9 @@ def resample_labels(
         raise ValueError(f"unknown label mode {mode!r}")
 
     def onehot(mask: np.ndarray, sub: GridMap) -> np.ndarray:
-        return resample_image(mask.astype(np.float32), sub, 1, separate_axis, order_separate)
+        return resample_image(
+            mask.astype(np.float32), sub, 1, separate_axis, order_separate, antialias=False
+        )
 
     best = onehot(labels == 0, gmap)
     winner = np.zeros(gmap.out_shape, labels.dtype)

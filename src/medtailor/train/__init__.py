@@ -2,8 +2,10 @@
 
 A configuration is ``models.<name>`` in params.yaml merged over the ``train`` recipe
 defaults (``recipe`` overrides them per model). Outputs in ``data/models/<name>/``:
-``best.pt`` (EMA weights of the best validation AUC), ``last.pt`` (resumable state),
-``predictions.parquet`` (probabilities for every val and test patch), ``history.csv``.
+``best.pt`` (EMA weights of the best validation AUC, with the configuration that rebuilds
+the model), ``predictions.parquet`` (probabilities for every val and test patch),
+``history.csv``. The resumable state (``last.pt``) lives in ``data/train_state/<name>/``,
+which Snakemake and DVC leave alone when they rerun a job.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ def run_train(
     name: str,
     store_dir: Path,
     out_dir: Path,
+    state_dir: Path,
     params: dict[str, Any],
     sink: MetricSink | None = None,
 ) -> dict[str, Any]:
+    """Train configuration ``name``; resumable state goes to ``state_dir``, which must lie
+    outside what a workflow deletes before it reruns the job."""
     entry = model_entry(params, name)
-    return train_model(name, entry, store_dir, out_dir, int(params["seed"]), sink)
+    return train_model(name, entry, store_dir, out_dir, state_dir, int(params["seed"]), sink)

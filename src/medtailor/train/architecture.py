@@ -1,9 +1,7 @@
 """Classifier = timm backbone (optionally truncated) + a registered head.
 
-Layer groups are timm's own coarse parameter groups (``model.group_matcher(coarse=True)``:
-the stem, then one group per stage, as timm uses them for layer-wise learning-rate
-decay), so "unfreeze the top N groups" and "pre-trained up to stage k" mean the same
-thing for every timm family.
+Layer groups (``backbones.layer_groups``) are timm's coarse parameter groups, so "unfreeze
+the top N groups" means the same thing for every timm family.
 
 Truncation (CheXtransfer) removes the final k stages and their head layers; each family
 has one registered rule (``@register_truncation``):
@@ -21,12 +19,11 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import group_modules
 from torch import nn
 
-import medtailor.train.cbr  # noqa: F401  (registers the CBR models with timm)
+from medtailor.train.backbones import backbone_in_channels, group_of_parameters, layer_groups
 from medtailor.train.heads import create_head
-from medtailor.train.weights import create_pretrained
+from medtailor.train.init_schemes import apply_init
 
 TRUNCATIONS: list[tuple[tuple[type, ...], Callable[[nn.Module, int], int]]] = []
 
@@ -123,33 +120,6 @@ class Classifier(nn.Module):
         return self.head(self.backbone((x - self.mean) / self.std))
 
 
-def backbone_in_channels(backbone: nn.Module) -> int:
-    first = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
-    return first.in_channels
-
-
-def layer_groups(backbone: nn.Module) -> list[list[str]]:
-    """Module names of the backbone's coarse groups, bottom (stem) to top."""
-    grouped = group_modules(backbone, backbone.group_matcher(coarse=True))
-    return [names for _, names in sorted(grouped.items())]
-
-
-def _owned_by(name: str, modules: list[str]) -> bool:
-    return any(name == m or name.startswith(m + ".") for m in modules)
-
-
-def group_of_parameters(backbone: nn.Module) -> dict[str, int]:
-    """Parameter name -> index of its layer group (parameters in no group get the top one)."""
-    groups = layer_groups(backbone)
-    owner = {}
-    for name, _ in backbone.named_parameters():
-        module = name.rsplit(".", 1)[0]
-        owner[name] = next(
-            (i for i, g in enumerate(groups) if _owned_by(module, g)), len(groups) - 1
-        )
-    return owner
-
-
 def apply_unfreezing(model: Classifier, unfreeze: int | str) -> None:
     """Freeze the backbone, then unfreeze its top ``unfreeze`` groups ('all' = everything).
     The head is always trainable."""
@@ -166,21 +136,8 @@ def apply_unfreezing(model: Classifier, unfreeze: int | str) -> None:
         parameter.requires_grad_(True)
 
 
-def create_backbone(entry: dict[str, Any], pretrained: bool) -> nn.Module:
-    in_chans = int(entry["input_channels"]) if entry["channel_mode"] == "timm" else 3
-    kwargs = {"num_classes": 0, "in_chans": in_chans}
-    if pretrained:
-        init = entry["init"]
-        return create_pretrained(
-            entry["model"], init if init.startswith("file:") else "imagenet", **kwargs
-        )
-    return timm.create_model(entry["model"], pretrained=False, **kwargs)
-
-
 def build_classifier(entry: dict[str, Any], num_classes: int = 2) -> Classifier:
     """The model of one configuration (``models.<name>`` merged with the ``train`` defaults)."""
-    from medtailor.train.init_schemes import apply_init
-
     backbone = apply_init(entry)
     if int(entry["truncate"]) > 0:
         truncate(backbone, int(entry["truncate"]))
@@ -195,3 +152,26 @@ def build_classifier(entry: dict[str, Any], num_classes: int = 2) -> Classifier:
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def classifier_checkpoint(model: nn.Module, entry: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A checkpoint that carries its own configuration (the resolved entry), so the model
+    can be rebuilt from the file alone, whatever params.yaml says now."""
+    return {"model": model.state_dict(), "config": dict(entry), "num_classes": 2, **extra}
+
+
+def load_classifier(
+    path: Any, map_location: str | torch.device = "cpu"
+) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a classifier from a checkpoint written by ``classifier_checkpoint``; returns
+    the model (eval mode, weights loaded) and the checkpoint's other entries."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if "config" not in state:
+        raise ValueError(
+            f"{path}: checkpoint without its configuration (written by an older medtailor); "
+            "retrain the model"
+        )
+    # The weights come from the file: build without fetching pre-trained ones.
+    model = build_classifier({**state["config"], "init": "scratch"}, int(state["num_classes"]))
+    model.load_state_dict(state["model"])
+    return model.to(map_location).eval(), state

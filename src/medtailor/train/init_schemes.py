@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medtailor.train.architecture import create_backbone, group_of_parameters
+from medtailor.train.backbones import create_backbone, group_of_parameters
 
 INIT_SCHEMES: dict[str, Callable[[dict[str, Any], str], nn.Module]] = {}
 

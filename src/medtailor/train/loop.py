@@ -1,16 +1,25 @@
-"""The training loop of one model configuration: resumable, deterministic on CPU.
+"""The training loop of one model configuration: resumable, deterministic on CPU, DDP-ready.
 
 Every epoch ends with a validation pass (of the EMA weights) and an atomic checkpoint
-(``last.pt``: model, EMA, optimiser, scheduler, history). A killed run restarts from
-``last.pt``; because every epoch reseeds the random generators from (seed, epoch), the
-resumed run repeats the uninterrupted one exactly. ``best.pt`` keeps the EMA weights of
-the epoch with the best validation AUC.
+(``last.pt``: model, EMA, optimiser, history) in the *state folder*, which the workflow
+never deletes (Snakemake removes a job's declared outputs before it runs, DVC before it
+reproduces a stage), so a killed job resumes where it stopped. The checkpoint is keyed by
+the configuration, the seed and the patch store's fingerprint: state from other inputs is
+deleted, never reused. Because every epoch reseeds the random generators from
+(seed, epoch), the resumed run repeats the uninterrupted one exactly. ``best.pt`` keeps
+the EMA weights of the epoch with the best validation AUC, with the configuration that
+rebuilds the model.
+
+Under ``torchrun`` (WORLD_SIZE > 1) each process trains a shard with
+DistributedDataParallel (wrapped before ``torch.compile``); only rank 0 writes
+checkpoints, predictions and metrics.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,7 +40,7 @@ from tqdm import tqdm
 from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
-from medtailor.train.architecture import build_classifier
+from medtailor.train.architecture import build_classifier, classifier_checkpoint
 from medtailor.train.complexity import complexity
 from medtailor.train.data import PatchDataset
 
@@ -52,6 +61,7 @@ def auc(labels: np.ndarray, probs: np.ndarray) -> float:
 def predict(
     model: torch.nn.Module, dataset: PatchDataset, batch_size: int, device: torch.device
 ) -> np.ndarray:
+    """Probabilities of the positive class; eval mode, so any batch size (even 1) works."""
     model.eval()
     probs = []
     for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -67,11 +77,57 @@ def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
     return counts.sum() / (2 * counts)
 
 
-def _distributed() -> tuple[int, int]:
+def distributed_context() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun
+    and pins each process to its own GPU (LOCAL_RANK) when there are GPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank(), world, device) if world > 1 else (0, 1, device)
+
+
+def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """Batch norm synchronised across processes (GPUs only: PyTorch's SyncBatchNorm has no
+    CPU kernel, so a CPU run keeps per-process statistics and says so)."""
+    if not enabled:
+        return model
+    if device.type != "cuda":
+        log.warning(
+            "sync_batchnorm needs GPUs; on %s each process keeps its own statistics", device
+        )
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def train_batches(n_samples: int, batch_size: int, world: int) -> tuple[int, bool]:
+    """(steps per epoch, drop_last). The last incomplete batch is dropped (a batch of one
+    breaks batch norm in training), unless one batch is all there is."""
+    per_process = -(-n_samples // world)
+    drop_last = per_process > batch_size
+    return (per_process // batch_size if drop_last else 1), drop_last
+
+
+def resume_key(entry: dict[str, Any], seed: int, store: PatchStore) -> str:
+    """Identity of a training run: its configuration, seed and the exact patch store."""
+    return params_hash({"entry": entry, "seed": seed, "store": store.fingerprint()})
+
+
+def prepare_state(state_dir: Path, key: str, name: str) -> dict[str, Any] | None:
+    """The resumable state for ``key``, or None; state of other inputs is deleted."""
+    last = state_dir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state.get("resume_key") == key:
+            return state
+        log.info("%s: %s belongs to other inputs or settings; starting afresh", name, last)
+    for stale in ("last.pt", "best.pt"):
+        (state_dir / stale).unlink(missing_ok=True)
+    return None
 
 
 def train_model(
@@ -79,35 +135,42 @@ def train_model(
     entry: dict[str, Any],
     store_dir: Path,
     out_dir: Path,
+    state_dir: Path,
     seed: int,
     sink: MetricSink | None = None,
 ) -> dict[str, Any]:
-    """Train configuration ``name``; write best.pt, last.pt, predictions.parquet, history.csv."""
+    """Train configuration ``name``; write best.pt, predictions.parquet and history.csv to
+    ``out_dir`` (last.pt and best.pt of the run in progress live in ``state_dir``)."""
     sink = sink or (lambda metrics, step: None)
-    rank, world = _distributed()
-    device = torch.device(
-        f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    )
+    rank, world, device = distributed_context()
     cuda = device.type == "cuda"
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_classifier(entry).to(device)
-    counts = complexity(
-        model, (int(entry["input_channels"]), int(entry["input_size"]), int(entry["input_size"]))
-    )
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
 
     store = PatchStore(store_dir)
     size, channels = int(entry["input_size"]), int(entry["input_channels"])
     train_set = PatchDataset(store, "train", size, channels, True, entry["augmentation"])
-    val_set = PatchDataset(store, "val", size, channels, True)
+    # Validation and test score every candidate (the in-between band is negative there).
+    val_set = PatchDataset(store, "val", size, channels, False)
     test_set = PatchDataset(store, "test", size, channels, False)
     if len(train_set) == 0:
         raise RuntimeError(f"{store_dir}: no labelled training patches")
+    val_classes = np.unique(val_set.labels.numpy())
+    if len(val_classes) < 2:
+        raise RuntimeError(
+            f"{store_dir}: the validation split has {len(val_set)} patch(es), all of class "
+            f"{val_classes.tolist()}: validation AUC is undefined in every epoch, so no "
+            "checkpoint can be chosen (more patients, or a detector that finds their lesions)"
+        )
+
+    model = build_classifier(entry).to(device)
+    counts = complexity(model, (channels, size, size))
+    if world > 1:
+        model = sync_batchnorm(model, bool(entry["sync_batchnorm"]), device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
     batch_size, epochs = int(entry["batch_size"]), int(entry["epochs"])
-    steps_per_epoch = max(1, -(-len(train_set) // (batch_size * world)))
+    steps_per_epoch, drop_last = train_batches(len(train_set), batch_size, world)
 
     optimizer = create_optimizer_v2(
         model,
@@ -116,52 +179,54 @@ def train_model(
         weight_decay=float(entry["weight_decay"]),
         momentum=float(entry["momentum"]),
     )
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(float(entry["warmup_epochs"]) * steps_per_epoch)
     scheduler = (
         CosineLRScheduler(
             optimizer,
-            t_initial=total_steps,
+            t_initial=epochs * steps_per_epoch,
             lr_min=0.0,
-            warmup_t=warmup_steps,
+            warmup_t=int(float(entry["warmup_epochs"]) * steps_per_epoch),
             warmup_lr_init=0.0,
             t_in_epochs=False,
         )
         if entry["schedule"] == "cosine"
         else None
     )
+    # timm's EMA warm-up: with tens of steps per epoch a fixed decay of 0.99 would keep the
+    # evaluated weights near their initial values for the first epochs.
     ema = (
-        ModelEmaV3(model, decay=float(entry["ema_decay"]))
+        ModelEmaV3(model, decay=float(entry["ema_decay"]), use_warmup=True)
         if float(entry["ema_decay"]) > 0
         else None
     )
     weights = class_weights(train_set.labels, entry["class_weighting"])
     criterion = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    trained = torch.compile(model) if entry["compile"] else model
+    trained: torch.nn.Module = model
     if world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if cuda else None
+            model, device_ids=[device.index] if cuda else None
         )
+    if entry["compile"]:
+        trained = torch.compile(trained)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
-    config_hash = params_hash({"entry": entry, "seed": seed})
+    key = resume_key(entry, seed, store)
+    last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
+    if rank == 0:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_state(state_dir, key, name)
+    if world > 1:
+        dist.barrier()  # rank 0 has removed stale state before anyone reads it
     start, history, best_auc = 1, [], -1.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
-        if state["config_hash"] == config_hash:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None:
-                ema.module.load_state_dict(state["ema"])
-            start = int(state["epoch"]) + 1
-            history = [
-                dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]
-            ]
-            best_auc = float(state["best_auc"])
-            log.info("%s: resuming after epoch %d", name, start - 1)
-        else:
-            log.info("%s: last.pt belongs to another configuration; starting afresh", name)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        start = int(state["epoch"]) + 1
+        history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
+        best_auc = float(state["best_auc"])
+        log.info("%s: resumed at epoch %d (of %d) from %s", name, start, epochs, last_path)
 
     evaluated = ema.module if ema is not None else model
     for epoch in tqdm(
@@ -181,7 +246,7 @@ def train_model(
             sampler=sampler,
             generator=generator,
             num_workers=int(entry["num_workers"]),
-            drop_last=False,
+            drop_last=drop_last,
         )
         trained.train()
         started, seen, total_loss = time.perf_counter(), 0, 0.0
@@ -205,15 +270,11 @@ def train_model(
 
         val_probs = predict(evaluated, val_set, batch_size, device)
         val_labels = val_set.labels.numpy()
-        val_loss = (
-            float(
-                torch.nn.functional.binary_cross_entropy(
-                    torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
-                    torch.as_tensor(val_labels, dtype=torch.float64).float(),
-                )
+        val_loss = float(
+            torch.nn.functional.binary_cross_entropy(
+                torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
+                torch.as_tensor(val_labels, dtype=torch.float32),
             )
-            if len(val_probs)
-            else float("nan")
         )
         metrics = {
             "train_loss": total_loss / max(seen, 1),
@@ -228,11 +289,9 @@ def train_model(
             if improved or not best_path.is_file():
                 best_auc = metrics["val_auc"] if improved else best_auc
                 save_torch(
-                    {
-                        "model": evaluated.state_dict(),
-                        "epoch": epoch,
-                        "val_auc": metrics["val_auc"],
-                    },
+                    classifier_checkpoint(
+                        evaluated, entry, epoch=epoch, val_auc=metrics["val_auc"], **counts
+                    ),
                     best_path,
                 )
             keys = list(history[0])
@@ -245,7 +304,7 @@ def train_model(
                     "best_auc": best_auc,
                     "history_keys": keys,
                     "history": [[row[k] for k in keys] for row in history],
-                    "config_hash": config_hash,
+                    "resume_key": key,
                 },
                 last_path,
             )
@@ -264,22 +323,22 @@ def train_model(
     predictions = pd.concat(frames, ignore_index=True)[
         ["patch_id", "model", "split", "prob", "label"]
     ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / "best.pt") as tmp:
+        shutil.copyfile(best_path, tmp)
     with atomic_output(out_dir / "predictions.parquet") as tmp:
         predictions.to_parquet(tmp, index=False)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     final = history[-1]
+    # Only validation numbers: test metrics during training invite choosing on the test set.
     return {
         "epochs": epochs,
         "best_epoch": int(best["epoch"]),
         "best_val_auc": float(best["val_auc"]),
         "final_val_auc": final["val_auc"],
         "final_train_loss": final["train_loss"],
-        "test_auc_at_best": auc(
-            test_set.labels.numpy(),
-            predictions.loc[predictions["split"] == "test", "prob"].to_numpy(),
-        ),
         "images_per_second": float(np.mean([h["images_per_second"] for h in history])),
         "train_patches": len(train_set),
-        "input_size": int(entry["input_size"]),
+        "input_size": size,
         **counts,
     }
