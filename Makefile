@@ -37,6 +37,7 @@ bench: setup
 	python bench/patches_bench.py
 	python bench/train_overhead.py
 	python bench/evaluate_bench.py
+	python bench/calibration.py
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

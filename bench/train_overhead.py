@@ -87,7 +87,9 @@ def stage_loop(store: Path, n: int, epochs: int) -> float:
     }
     history: list[dict] = []
     with tempfile.TemporaryDirectory() as out:
-        train_model("bench", entry, store, Path(out), 0, lambda m, e: history.append(m))
+        train_model(
+            "bench", entry, store, Path(out), Path(out) / "state", 0, lambda m, e: history.append(m)
+        )
     rates = [h["images_per_second"] for h in history]
     return float(np.median(rates[1:] or rates))
 

@@ -36,6 +36,11 @@ def test_report_tables_figures_and_metrics(evaluation_run):
     report = (out / "report.md").read_text()
     assert "| lite0_imagenet | efficientnet_lite0 | imagenet |" in report
     assert "DeLong" in report and "figures/froc.png" in report
+    # Every table says what its intervals and tests resample or model.
+    assert report.count("Unit: **patient**") == 2 and "Unit: **model**" in report
+    assert "clustered DeLong test (Obuchowski 1997" in report and "Durkalski" in report
+    assert "counts as a false positive" in report  # the FROC convention in force
+    assert comparison["unit"] == "patient" and comparison["patients"] < comparison["patches"]
     for figure in ("roc.png", "froc.png", "auc_vs_parameters.png", "pretraining_boost.png"):
         assert (out / "figures" / figure).is_file()
     froc = pd.read_csv(out / "froc.csv")

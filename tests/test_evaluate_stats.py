@@ -285,3 +285,30 @@ def test_auc_interval_resamples_patients_not_patches():
     assert patch_level["auc_ci"][1] - patch_level["auc_ci"][0] < 0.7 * (
         once["auc_ci"][1] - once["auc_ci"][0]
     )
+
+
+def test_gradcam_is_high_where_the_lesion_evidence_is():
+    """A hand-built two-class network whose lesion logit is the mean of a convolution's
+    output over the lower-right quarter: the map must peak at the bright spot there and be
+    0 on the empty background, not the reverse (MONAI's default normaliser maps the
+    maximum to 0)."""
+    from medtailor.evaluate.gradcam import gradcam_maps
+
+    class QuarterEvidence(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            torch.nn.init.constant_(self.features.weight, 1 / 9)
+
+        def forward(self, x):
+            evidence = torch.relu(self.features(x))[:, 0, 16:, 16:].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(evidence), evidence], dim=1)
+
+    images = torch.zeros(2, 1, 32, 32)
+    images[0, 0, 22:25, 26:29] = 1.0
+    images[1, 0, 18:21, 19:22] = 1.0
+    maps = gradcam_maps(QuarterEvidence(), images, 32)
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+    for heat, centre in zip(maps, [(23, 27), (19, 20)], strict=True):
+        assert np.unravel_index(np.argmax(heat), heat.shape) == centre
+        assert heat[centre] == 1.0 and heat[8, 8] == 0.0  # the empty background

@@ -192,3 +192,23 @@ def test_step_function_takes_the_best_recall_within_the_budget():
     )
     with pytest.raises(ValueError):
         aufroc(fppi, recall, 0.5, 0.1)
+
+
+def test_froc_figure_axis_is_logarithmic_with_readable_operating_points():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medtailor.evaluate.report import froc_axis
+
+    fig, ax = plt.subplots()
+    ax.step([0.01, 0.3, 5.0], [0.2, 0.6, 0.9])
+    froc_axis(ax, 0.02)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert ax.get_xscale() == "log"
+    assert labels[-7:] == ["1/8", "1/4", "1/2", "1", "2", "4", "8"]
+    assert all("10^" not in label and "times" not in label for label in labels)
+    assert ax.get_xlim()[0] <= 0.01
+    plt.close(fig)

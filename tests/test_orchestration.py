@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,21 +131,27 @@ def test_a_failing_job_is_loud_and_names_its_log(project):
     assert not (project / "metrics" / "ingest.json").exists()
 
 
-def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
+def kill_snakemake_once(project, target: str, ready, timeout: float, delay: float = 0.0):
+    """Run Snakemake for ``target`` and kill -9 it and its job once ``ready`` exists."""
     process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "1", "metrics/synth.json"],
+        [str(BIN / "snakemake"), "--cores", "1", target],
         cwd=project,
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    # Kill Snakemake and its job while the job is writing its output folder.
-    deadline = time.time() + 120
-    while not (project / "data" / "synth" / "dicom").exists() and time.time() < deadline:
+    deadline = time.time() + timeout
+    while not ready.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
+    time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
+    # Kill Snakemake and its job while the job is writing its output folder.
+    kill_snakemake_once(project, "metrics/synth.json", project / "data" / "synth" / "dicom", 120)
     dry = subprocess.run(
         [str(BIN / "snakemake"), "-n", "metrics/synth.json"],
         cwd=project,
@@ -170,6 +177,7 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
     """kill -9 a `train` job (and its Snakemake) part-way, rerun with --rerun-incomplete:
     the job resumes from its last finished epoch (its state lives outside the outputs that
     Snakemake deletes) and ends exactly where an uninterrupted run ends."""
+    import pandas as pd
     import torch
     import yaml
 
@@ -182,20 +190,7 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
 
     target = "metrics/train/lite0_scratch.json"
     state = project / "data" / "train_state" / "lite0_scratch" / "last.pt"
-    process = subprocess.Popen(
-        [snakemake, "--cores", "1", target],
-        cwd=project,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 600
-    while not state.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_snakemake_once(project, target, state, 600, delay=0.5)  # into the second epoch
     finished = torch.load(state, weights_only=True)["epoch"]
     assert 1 <= finished < 4, "the job must be killed part-way"
 
@@ -204,31 +199,18 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
     log = (project / "logs" / "train" / "lite0_scratch.log").read_text()
     assert f"resumed at epoch {finished + 1} (of 4)" in log
 
-    # The same configuration, uninterrupted, in a separate output and state folder.
-    run(
-        [
-            str(BIN / "medtailor"),
-            "train",
-            "--model",
-            "lite0_scratch",
-            "--input",
-            "data/patches",
-            "--output",
-            "straight",
-            "--state",
-            "straight_state",
-            "--metrics",
-            "straight.json",
-        ],
-        project,
-    )
     resumed = json.loads((project / target).read_text())
-    straight = json.loads((project / "straight.json").read_text())
+    resumed_predictions = pd.read_parquet(
+        project / "data" / "models" / "lite0_scratch" / "predictions.parquet"
+    )
+    # The same job uninterrupted, under the same Snakemake (same threads), from no state.
+    shutil.rmtree(project / "data" / "train_state")
+    run([snakemake, "--cores", "1", "--forcerun", "train", target], project)
+    assert "resumed" not in (project / "logs" / "train" / "lite0_scratch.log").read_text()
+    straight = json.loads((project / target).read_text())
     for key in ("best_epoch", "best_val_auc", "final_val_auc", "final_train_loss"):
         assert resumed[key] == straight[key], key
-    import pandas as pd
-
     pd.testing.assert_frame_equal(
+        resumed_predictions,
         pd.read_parquet(project / "data" / "models" / "lite0_scratch" / "predictions.parquet"),
-        pd.read_parquet(project / "straight" / "predictions.parquet"),
     )

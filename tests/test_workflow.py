@@ -210,10 +210,8 @@ def test_snakemake_runs_the_demo_and_reruns_only_what_a_params_change_touches(pr
     set_param(project, "evaluate", "confidence_level", 0.9)
     rerun = run([dvc, "repro"], project).stdout
     assert re.findall(r"Running stage '([\w@]+)'", rerun) == ["evaluate"]
-    set_param(project, "evaluate", "confidence_level", 0.95)
-    # Snakemake sees the changed evaluate params too and reruns evaluate: leave both agreeing.
-    run([snakemake, "--cores", "2"], project)
     assert "Data and pipelines are up to date" in run([dvc, "status"], project).stdout
+    set_param(project, "evaluate", "confidence_level", 0.95)
 
     set_param(project, "resample", "order", 1)
     jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)

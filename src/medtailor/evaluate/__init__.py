@@ -1,12 +1,14 @@
 """``medtailor evaluate``: trustworthy statistics for every trained model, and the report.
 
-For each model (its ``predictions.parquet``): AUC on val and test with patient-clustered
-bootstrap CIs; a threshold chosen on validation (Youden) and test sensitivity,
-specificity, precision, F1 and accuracy with CIs; the detection-level FROC on the test
-split with the classifier's probabilities replacing the detector's scores (AUFROC with a
-study-bootstrap CI, LUNA16 score), next to the detector's own FROC; Grad-CAM figures.
-Across models: pairwise DeLong and McNemar tests with Holm correction, paired bootstrap
-AUC differences, Spearman correlations and plots, written to ``report.md``.
+For each model (its ``predictions.parquet``; the model itself is rebuilt from its
+checkpoint): AUC on val and test with patient-bootstrap CIs; a threshold chosen on
+validation (Youden) and test sensitivity, specificity, precision, F1 and accuracy with
+CIs; the detection-level FROC on the test split with the classifier's probabilities
+replacing the detector's scores (AUFROC with a patient-bootstrap CI, LUNA16 score), next
+to the detector's own FROC; Grad-CAM figures. Across models: patient-clustered DeLong
+and McNemar tests with Holm correction, patient-bootstrap AUC differences, Spearman
+correlations and plots, written to ``report.md``. Every interval and test has the
+patient as its unit: patches of one patient are correlated.
 """
 
 from __future__ import annotations

@@ -3,8 +3,13 @@
 The target layer is the deepest backbone stage whose feature map still has at least
 ``MIN_CAM_SIDE`` pixels across the input (timm's ``feature_info`` gives each stage's
 reduction). Grad-CAM's usual choice, the last convolution, sees a 64-pixel patch at
-stride 32 as a 2 x 2 map: upsampled, it is flat or lands on the background. MONAI's
-GradCAM upsamples the map to the input and min-max normalises it per image.
+stride 32 as a 2 x 2 map: upsampled, it is flat.
+
+The explained score is the lesion evidence, logit(lesion) - logit(no lesion): with a
+two-class softmax only the difference decides the prediction. MONAI's GradCAM upsamples
+the map to the input; its *default* post-processing maps (min, max) to (1, 0), i.e. it
+flips the map (documented in ``monai.visualize.class_activation_maps.default_normalizer``),
+so the map is scaled here with (min, max) -> (0, 1): 1 is where the evidence is.
 """
 
 from __future__ import annotations
@@ -34,11 +39,35 @@ def gradcam_layer(model: nn.Module, input_size: int) -> str:
     return last_convolution(model)
 
 
+class LesionEvidence(nn.Module):
+    """A two-class classifier seen as one score: logit(lesion) - logit(no lesion)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(x)
+        return (logits[:, 1] - logits[:, 0])[:, None]
+
+
+def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    """Per image, (min, max) -> (0, 1); a constant map becomes 0 (no evidence anywhere)."""
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    span = (high - low).clamp(min=torch.finfo(maps.dtype).tiny)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return torch.where((high > low).view(shape), (maps - low.view(shape)) / span.view(shape), 0.0)
+
+
 def gradcam_maps(model: nn.Module, images: torch.Tensor, input_size: int) -> np.ndarray:
-    """(N, H, W) Grad-CAM maps of class 1 ("lesion"), each scaled to [0, 1]."""
+    """(N, H, W) Grad-CAM maps of the lesion evidence, 1 where it is strongest."""
     model.eval()
-    cam = GradCAM(nn_module=model, target_layers=gradcam_layer(model, input_size))
-    return cam(images, class_idx=1).detach().cpu().numpy()[:, 0]
+    layer = f"classifier.{gradcam_layer(model, input_size)}"
+    cam = GradCAM(
+        nn_module=LesionEvidence(model), target_layers=layer, postprocessing=scale_to_unit
+    )
+    return cam(images, class_idx=0).detach().cpu().numpy()[:, 0]
 
 
 def last_convolution(model: nn.Module) -> str:

@@ -268,9 +268,19 @@ def write_report(
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines.append(f"![{title}]({path})")
-    for name, r in summary["models"].items():
-        if r.get("gradcam"):
-            lines.append(f"![Grad-CAM {name}](figures/{Path(r['gradcam']).name})")
+    gradcams = [
+        f"![Grad-CAM {name}](figures/{Path(r['gradcam']).name})"
+        for name, r in summary["models"].items()
+        if r.get("gradcam")
+    ]
+    if gradcams:
+        lines += [
+            "",
+            "Grad-CAM maps (1 = strongest lesion evidence) are for inspection only: they have "
+            "not passed a pointing-game check of lesion localisation (docs/stages.md).",
+            "",
+            *gradcams,
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
