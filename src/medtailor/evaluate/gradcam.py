@@ -67,7 +67,11 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, input_size: int) -> np.
     cam = GradCAM(
         nn_module=LesionEvidence(model), target_layers=layer, postprocessing=scale_to_unit
     )
-    return cam(images, class_idx=0).detach().cpu().numpy()[:, 0]
+    # An input that requires grad lets the backward hooks see module inputs too (else
+    # torch warns that full backward hooks fire on outputs only).
+    return (
+        cam(images.detach().clone().requires_grad_(True), class_idx=0).detach().cpu().numpy()[:, 0]
+    )
 
 
 def last_convolution(model: nn.Module) -> str:
