@@ -41,6 +41,7 @@ def test_report_tables_figures_and_metrics(evaluation_run):
     assert "clustered DeLong test (Obuchowski 1997" in report and "Durkalski" in report
     assert "counts as a false positive" in report  # the FROC convention in force
     assert comparison["unit"] == "patient" and comparison["patients"] < comparison["patches"]
+    assert f"**Few patients ({comparison['patients']}):**" in report
     for figure in ("roc.png", "froc.png", "auc_vs_parameters.png", "pretraining_boost.png"):
         assert (out / "figures" / figure).is_file()
     froc = pd.read_csv(out / "froc.csv")

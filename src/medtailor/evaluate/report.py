@@ -237,6 +237,17 @@ def write_report(
         "pairs of Durkalski et al. (2003) at each model's validation threshold. Holm adjusts "
         "each test's p-values across all pairs.",
         "",
+    ]
+    few = sorted({c["patients"] for c in summary["comparisons"] if c.get("patients", 99) < 20})
+    if few:
+        lines += [
+            f"**Few patients ({', '.join(map(str, few))}):** the clustered tests are "
+            "asymptotic in the number of patients, so with fewer than about 20 their "
+            "p-values are approximate and can be far too small; trust the intervals and "
+            "tests only with more test patients.",
+            "",
+        ]
+    lines += [
         "| a | b | patients (patches) | AUC difference (DeLong CI) | DeLong z | DeLong p (Holm) | bootstrap CI of difference | McNemar p (Holm) |",
         "|---|---|---|---|---|---|---|---|",
     ]
