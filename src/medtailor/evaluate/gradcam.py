@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 from torch import nn
 
@@ -52,12 +53,9 @@ class LesionEvidence(nn.Module):
 
 
 def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
-    """Per image, (min, max) -> (0, 1); a constant map becomes 0 (no evidence anywhere)."""
-    flat = maps.flatten(1)
-    low, high = flat.min(dim=1).values, flat.max(dim=1).values
-    span = (high - low).clamp(min=torch.finfo(maps.dtype).tiny)
-    shape = (-1,) + (1,) * (maps.dim() - 1)
-    return torch.where((high > low).view(shape), (maps - low.view(shape)) / span.view(shape), 0.0)
+    """Per image, (min, max) -> (0, 1) with MONAI's ScaleIntensity (a constant map -> 0)."""
+    scale = ScaleIntensity(minv=0.0, maxv=1.0)
+    return torch.stack([torch.as_tensor(scale(image)) for image in maps])
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor, input_size: int) -> np.ndarray:

@@ -117,17 +117,17 @@ def resume_key(entry: dict[str, Any], seed: int, store: PatchStore) -> str:
     return params_hash({"entry": entry, "seed": seed, "store": store.fingerprint()})
 
 
-def prepare_state(state_dir: Path, key: str, name: str) -> dict[str, Any] | None:
-    """The resumable state for ``key``, or None; state of other inputs is deleted."""
+def discard_stale_state(state_dir: Path, key: str, name: str) -> None:
+    """Delete ``last.pt``/``best.pt`` unless they belong to ``key`` (these inputs and
+    settings): state of other inputs is never resumed, and no stale best.pt survives."""
     last = state_dir / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
         if state.get("resume_key") == key:
-            return state
+            return
         log.info("%s: %s belongs to other inputs or settings; starting afresh", name, last)
     for stale in ("last.pt", "best.pt"):
         (state_dir / stale).unlink(missing_ok=True)
-    return None
 
 
 def train_model(
@@ -213,7 +213,7 @@ def train_model(
     last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
-        prepare_state(state_dir, key, name)
+        discard_stale_state(state_dir, key, name)
     if world > 1:
         dist.barrier()  # rank 0 has removed stale state before anyone reads it
     start, history, best_auc = 1, [], -1.0
