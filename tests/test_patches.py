@@ -57,16 +57,3 @@ def test_store_round_trip_is_memory_mapped(tmp_path):
     batches = list(store.iter_batches("radiograph", "train", batch_size=2))
     assert [len(part) for _, part in batches] == [2, 2, 1]
     np.testing.assert_allclose(batches[1][0][:, 0, 0], [0.2, 0.3], atol=1e-3)
-
-
-def test_a_box_maps_into_the_patch_it_was_cropped_into():
-    from medtailor.patches.crops import box_in_patch
-
-    image = np.zeros((100, 80), np.float32)
-    image[30:40, 20:30] = 1.0  # a bright box, voxel edges (30, 20) - (40, 30)
-    low, high = context_region(np.array([30.0, 20.0, 40.0, 30.0]), 0.5, True)
-    patch = extract_patch(image, low, high, (40, 40))
-    x0, y0, x1, y1 = box_in_patch(np.array([30.0, 20.0, 40.0, 30.0]), low, high, (40, 40))
-    assert (x0, y0, x1, y1) == pytest.approx((10, 10, 30, 30))
-    inside = patch[int(x0) + 1 : int(x1) - 1, int(y0) + 1 : int(y1) - 1]
-    assert inside.min() > 0.9 and patch[:8].max() < 0.05

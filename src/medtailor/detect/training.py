@@ -18,7 +18,7 @@ from medtailor.detect.data import KINDS, DetectionImage, load_detection_images, 
 from medtailor.detect.inference import lesion_recall, predict_boxes
 from medtailor.detect.model import build_detector, device
 from medtailor.imageio import save_torch
-from medtailor.split import manifest_with_split
+from medtailor.split import hash_position, manifest_with_split
 
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
@@ -74,8 +74,6 @@ def detector_file(out_dir: Path, kind: str, fold: int | None = None) -> Path:
 
 def assign_folds(patient_ids: list[str], folds: int, key: str) -> dict[str, int]:
     """Training patients -> fold 0..folds-1, by the split's keyed hash (stable)."""
-    from medtailor.split import hash_position
-
     ids = sorted(set(patient_ids))
     return dict(
         zip(

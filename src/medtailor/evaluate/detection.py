@@ -94,7 +94,6 @@ def froc_summary(
     summary = {
         "aufroc": aufroc(fppi, recall, low, high) if np.isfinite(recall).all() else None,
         **interval.as_dict("aufroc"),
-        "in_between": cfg.get("in_between", "false_positive"),
         "luna16": luna16_score(fppi, recall) if np.isfinite(recall).all() else None,
         "lesions": len(lesions),
         "studies_with_lesions": int(lesions["study_id"].nunique()),

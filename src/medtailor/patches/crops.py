@@ -54,14 +54,3 @@ def extract_patch(
         cval=0.0,
         output=np.float32,
     )
-
-
-def box_in_patch(
-    box: np.ndarray, low: np.ndarray, high: np.ndarray, size: tuple[int, ...]
-) -> np.ndarray:
-    """Edges of ``box`` (image voxel edges) in the pixel edges of the patch sampled from the
-    region [low, high) onto a ``size`` grid (as ``extract_patch`` samples it)."""
-    ndim = len(size)
-    box, low, high = (np.asarray(v, float) for v in (box, low, high))
-    scale = np.asarray(size, float) / (high - low)
-    return np.concatenate([(box[:ndim] - low) * scale, (box[ndim:] - low) * scale])
