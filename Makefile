@@ -30,7 +30,7 @@ lint: setup
 	ruff check .
 	ruff format --check .
 	snakemake --lint
-	snakefmt --check Snakefile workflow
+	snakefmt --check Snakefile src/medtailor/workflow
 
 bench: setup
 	python bench/resample_vs_sitk.py

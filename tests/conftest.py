@@ -193,7 +193,9 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture()
 def project(tmp_path: Path, repo_params: dict) -> Path:
-    for name in ["Snakefile", "dvc.yaml", "workflow", "profiles", "slurm", "envs", "src"]:
+    # The repository's root is a project (links into medtailor/workflow/project) whose
+    # dvc.yaml depends on the sources: copy those too.
+    for name in ["Snakefile", "dvc.yaml", "profiles", "slurm", "src"]:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))

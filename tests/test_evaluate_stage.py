@@ -46,6 +46,13 @@ def test_report_tables_figures_and_metrics(evaluation_run):
         assert (out / "figures" / figure).is_file()
     froc = pd.read_csv(out / "froc.csv")
     assert {"detector", "lite0_imagenet", "lite0_scratch"} == set(froc["model"])
+    # The evidence section comes first; the tiny test set is below every default threshold.
+    evidence = summary["evidence"]
+    assert [row["split"] for row in evidence["table"]] == ["train", "val", "test"]
+    assert any(w.startswith("test: ") for w in evidence["warnings"])
+    assert report.index("## Evidence") < report.index("## Models")
+    assert "**The numbers below rest on little evidence:**" in report
+    assert evaluation_run["flat"]["evidence_warnings"] == len(evidence["warnings"])
 
 
 @pytest.fixture()

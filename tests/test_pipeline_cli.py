@@ -111,3 +111,19 @@ def test_status_tells_where_everything_is(project):
     _, _, out = project
     assert "data/ingest/audit.csv" in out
     assert "mlflow ui --backend-store-uri" in out and "--host 127.0.0.1" in out
+
+
+def test_threads_hold_torch_and_the_numerical_libraries_to_the_job(monkeypatch):
+    import torch
+
+    from medtailor.cli import set_threads
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)

@@ -22,18 +22,24 @@ class Resources(dict):
     __getattr__ = dict.get
 
 
-def job_with(resources: dict) -> SimpleNamespace:
-    return SimpleNamespace(resources=Resources(resources), threads=1, is_group=lambda: False)
+def job_with(resources: dict, threads: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(resources=Resources(resources), threads=threads, is_group=lambda: False)
 
 
 def dry_run_resources(project, rule: str, target: str) -> dict:
-    out = run([str(BIN / "snakemake"), "-n", "--forceall", "--profile", "slurm", target], project)
+    """The job's resources, and its ``threads`` (absent from the dry run when 1)."""
+    out = run(
+        [str(BIN / "snakemake"), "-n", "--forceall", "--profile", "slurm", "--cores", "8", target],
+        project,
+    )
     block = re.search(rf"^rule {rule}:\n(.*?)(?=^\S)", out.stdout, re.M | re.S).group(1)
     line = re.search(r"^\s+resources: (.*)$", block, re.M).group(1)
     resources = {}
     for item in line.split(", "):
         key, _, value = item.partition("=")
         resources[key] = int(value) if value.isdigit() else value
+    threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+    resources["threads"] = int(threads.group(1)) if threads else 1
     return resources
 
 
@@ -46,7 +52,8 @@ def sbatch(resources: dict) -> str:
         "partition": "",
         "workdir": "",
     }
-    job = job_with(resources)
+    resources = dict(resources)
+    job = job_with(resources, resources.pop("threads"))
     validate_slurm_extra(job)
     return get_submit_command(job, params) + set_gres_string(job)
 
@@ -61,6 +68,12 @@ def test_the_profile_maps_gpus_qos_and_gpu_model_to_sbatch_options(project):
     assert resources["gpu"] == 1 and resources["qos"] == "normal"
     call = sbatch(resources)
     assert "--qos=normal" in call and "--gpus=a100:1" in call
+    # The rule's threads (params compute.threads) are the job's CPUs on the cluster.
+    assert (
+        resources["threads"]
+        == 2
+        == yaml.safe_load((project / "params.yaml").read_text())["compute"]["threads"]
+    )
     assert "--mem 8000" in call and "-t 240" in call and "--cpus-per-task=2" in call
     detector = sbatch(dry_run_resources(project, "train_detector", "data/detector"))
     assert "--gpus=1" in detector and "--qos=normal" in detector

@@ -196,3 +196,33 @@ def test_two_process_ddp_on_cpu_trains_and_only_rank_zero_writes(store, tmp_path
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # rank 0 only
     assert runs[0].data.metrics["best_val_auc"] == summary["best_val_auc"]
+
+
+def test_class_balanced_sampling_caps_negatives_and_draws_fresh_ones_each_epoch():
+    from medtailor.train.data import balanced_indices
+
+    labels = np.array([1] * 3 + [0] * 40)
+    first = balanced_indices(labels, 2.0, np.random.default_rng(1))
+    second = balanced_indices(labels, 2.0, np.random.default_rng(2))
+    for chosen in (first, second):
+        assert set(np.flatnonzero(labels == 1)) <= set(chosen)  # every positive, every epoch
+        assert (labels[chosen] == 0).sum() == 6 and len(set(chosen)) == len(chosen)
+    assert set(first) != set(second)
+    assert len(balanced_indices(labels, None, np.random.default_rng(1))) == 43
+    assert len(balanced_indices(labels, 100.0, np.random.default_rng(1))) == 43
+    assert len(balanced_indices(np.zeros(5), 2.0, np.random.default_rng(1))) == 5
+
+
+def test_training_with_a_negative_cap_sees_the_capped_epoch(store, tmp_path):
+    # 81 training patches: 27 positives, 54 negatives; a cap of 1 trains on 27 + 27.
+    entry = {**TINY_ENTRY, "max_negatives_per_positive": 1}
+    summary = train_model("capped", entry, store, tmp_path / "out", tmp_path / "state", 0)
+    assert summary["train_patches"] == 81 and summary["train_patches_per_epoch"] == 54
+
+
+def test_data_loader_workers_stay_within_the_jobs_threads():
+    from medtailor.train.loop import loader_workers
+
+    assert loader_workers(4, 2) == 1  # 2 threads: the main process and one worker
+    assert loader_workers(4, 1) == 0
+    assert loader_workers(0, 8) == 0 and loader_workers(3, 8) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import BIN, REPO, run, set_param
+from medtailor.config.stage_keys import stage_keys
+
+from .conftest import BIN, ENV, REPO, run, set_param, small
 
 
 def snakemake_jobs(cwd: Path) -> dict[str, dict]:
@@ -24,31 +27,25 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
             name = f"{name}@{wildcard.group(1)}"
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        # DVC runs one stage at a time and leaves the thread count to the libraries.
+        cmd = re.sub(r" --threads \d+", "", shell.group(1)) if shell else None
         jobs[name] = {
             "input": set(fields.get("input", "").split(", ")) - {""},
             "output": set(fields.get("output", "").split(", ")) - {""},
-            "cmd": re.sub(r" > logs/\S+ 2>&1$", "", shell.group(1)) if shell else None,
+            "cmd": re.sub(r" > logs/\S+ 2>&1$", "", cmd) if cmd else None,
         }
     return jobs
 
 
-def snakemake_params() -> dict[str, set[str]]:
-    """Rule -> dotted params keys it passes (``config["a"]["b"]`` is ``a.b``;
-    ``config["models"][wildcards.model]`` is ``models.{model}``)."""
-    found: dict[str, set[str]] = {}
-    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+def snakemake_params() -> dict[str, str]:
+    """Rule -> the stage whose keys its ``reads`` param passes (``stage_values(config, stage``)."""
+    found: dict[str, str] = {}
+    for path in (REPO / "src" / "medtailor" / "workflow" / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule \w+:)", path.read_text()):
             name = re.match(r"rule (\w+):", block)
-            section = re.search(r"\n    params:\n(.*?)\n    \w+:", block, re.S)
-            if name and section:
-                keys = re.findall(r'config((?:\[(?:"\w+"|wildcards\.\w+)\])+)', section.group(1))
-                found[name.group(1)] = {
-                    ".".join(
-                        re.sub(r"wildcards\.(\w+)", r"{\1}", p).strip('"')
-                        for p in re.findall(r"\[([^\]]+)\]", k)
-                    )
-                    for k in keys
-                }
+            keys = re.search(r'^        reads=.*stage_values\(config, "(\w+)"', block, re.M)
+            if name:
+                found[name.group(1)] = keys.group(1) if keys else ""
     return found
 
 
@@ -58,7 +55,7 @@ def test_snakemake_lint_reports_nothing():
 
 
 def test_snakefmt_is_clean():
-    run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], REPO)
+    run([str(BIN / "snakefmt"), "--check", "Snakefile", "src/medtailor/workflow"], REPO)
 
 
 def test_dvc_yaml_mirrors_the_snakemake_rules():
@@ -85,66 +82,35 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
             for path in job["input"]
         }
         assert covered == data_deps, name
+        # Both depend on exactly the keys the stage reads (medtailor.config.stage_keys).
         params = {key for d in stage.deps if d.def_path == "params.yaml" for key in d.params}
-        rule, _, value = name.partition("@")
-        expected = {key.replace("{model}", value) for key in rule_params[rule]}
-        assert params == expected, name
+        rule, _, model = name.partition("@")
+        assert rule_params[rule] == rule, f"rule {rule} passes another stage's keys"
+        assert params == set(stage_keys(rule, model or None)), name
 
 
-def imported_modules(path: Path) -> set[str]:
-    import ast
+def test_dvc_yaml_is_the_generated_one():
+    """dvc.yaml is written by medtailor.workflow.dvc_stages from the stage table, the params keys of
+    medtailor.config.stage_keys and each stage's source closure: regenerate, never edit."""
+    from medtailor.workflow.dvc_stages import dvc_pipeline
 
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medtailor"):
-            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("medtailor")}
-    return found
-
-
-def source_closure(package: str) -> set[Path]:
-    """Every medtailor source file a stage package executes when imported: its own files,
-    the modules they import, and the packages (``__init__.py``) those live in."""
-    src = REPO / "src"
-
-    def files_of(module: str) -> list[Path]:
-        parts = module.split(".")
-        found = []
-        for depth in range(2, len(parts) + 1):  # the package inits on the way, not medtailor's
-            base = src.joinpath(*parts[:depth])
-            if (base / "__init__.py").is_file():
-                found.append(base / "__init__.py")
-            elif base.with_suffix(".py").is_file():
-                found.append(base.with_suffix(".py"))
-        return found
-
-    todo = list((src / "medtailor" / package).rglob("*.py"))
-    seen: set[Path] = set()
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo += [f for module in imported_modules(path) for f in files_of(module)]
-    return seen
+    assert yaml.safe_load((REPO / "dvc.yaml").read_text()) == dvc_pipeline(REPO), (
+        "dvc.yaml is stale: run `python -m medtailor.workflow.dvc_stages`"
+    )
 
 
 def test_dvc_stages_depend_on_every_module_their_code_runs():
-    """A change to a shared module (tables.py, imageio.py, patches/store.py, ...) reruns
-    every DVC stage whose code imports it, and only those."""
-    from dvc.repo import Repo
+    """A change to a shared module reruns every DVC stage whose code imports it: the train
+    stage reads the patch store (patches/store.py), evaluate rebuilds models (train/),
+    and every stage that reads tables runs tables.py."""
+    from medtailor.workflow.dvc_stages import code_dependencies, source_closure
 
-    with Repo(str(REPO)) as repo:
-        stages = {s.name: s for s in repo.index.stages}
-    for name, stage in stages.items():
-        package = {"train_detector": "detect"}.get(name.partition("@")[0], name.partition("@")[0])
-        deps = [REPO / d.def_path for d in stage.deps if d.def_path.startswith("src/")]
-        uncovered = {
-            str(f.relative_to(REPO))
-            for f in source_closure(package)
-            if not any(f == d or d in f.parents for d in deps)
-        }
-        assert not uncovered, f"{name} runs {sorted(uncovered)} but does not depend on it"
+    src = REPO / "src"
+    assert src / "medtailor" / "patches" / "store.py" in source_closure(src, "train")
+    assert "src/medtailor/patches" in code_dependencies(REPO, "train")
+    assert "src/medtailor/train" in code_dependencies(REPO, "evaluate")
+    assert "src/medtailor/tables.py" in code_dependencies(REPO, "resample")
+    assert "src/medtailor/detect" not in code_dependencies(REPO, "train")
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -196,14 +162,116 @@ def test_dvc_reruns_only_what_changed_and_round_trips_through_a_remote(
         assert digest(clone / folder) == digest(project / folder), folder
 
 
+def peak_threads(snakemake_log: str, rule: str = r"\w+") -> tuple[int, int]:
+    """(most threads running at once, most jobs running at once) in a Snakemake log, over
+    the jobs of ``rule`` (a regex): each job block opens with ``rule <name>:`` and closes
+    with ``Finished jobid: <id>``."""
+    running: dict[str, int] = {}
+    peak = peak_jobs = 0
+    for block in re.split(r"\n(?=\[)", snakemake_log):
+        started = re.search(rf"^(?:local)?rule {rule}:$", block, re.M)
+        jobid = re.search(r"^\s+jobid: (\d+)$", block, re.M)
+        if started and jobid:
+            threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+            running[jobid.group(1)] = int(threads.group(1)) if threads else 1
+            peak, peak_jobs = max(peak, sum(running.values())), max(peak_jobs, len(running))
+        for done in re.findall(r"^Finished jobid: (\d+)", block, re.M):
+            running.pop(done, None)
+    return peak, peak_jobs
+
+
+def test_peak_threads_reads_overlapping_jobs_from_a_snakemake_log():
+    log = (
+        "[t0]\nrule train:\n    jobid: 1\n    threads: 2\n"
+        "[t0]\nrule train:\n    jobid: 2\n    threads: 2\n"
+        "[t1]\nFinished jobid: 1 (Rule: train)\n[t2]\nFinished jobid: 2 (Rule: train)\n"
+        "[t3]\nlocalrule all:\n    jobid: 0\n"
+    )
+    assert peak_threads(log) == (4, 2)
+    one_after_the_other = (
+        "[t0]\nrule train:\n    jobid: 1\n    threads: 2\n[t1]\nFinished jobid: 1\n"
+        "[t1]\nrule train:\n    jobid: 2\n    threads: 2\n[t2]\nFinished jobid: 2\n"
+    )
+    assert peak_threads(one_after_the_other) == (2, 1)
+    assert peak_threads(log, rule="all") == (1, 1)
+
+
+@pytest.fixture()
+def own_project(tmp_path: Path, repo_params: dict) -> Path:
+    """A project folder made by ``medtailor init`` outside the repository, with the small
+    test dataset's params."""
+    folder = tmp_path / "my project"
+    run([str(BIN / "medtailor"), "init", str(folder)], tmp_path)
+    (folder / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "small dataset"], cwd=folder, env=GIT_ENV, check=True)
+    return folder
+
+
+GIT_ENV = {
+    **ENV,
+    **{
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "t"), ("EMAIL", "t@t"))
+    },
+}
+
+
+def test_init_refuses_a_folder_that_is_already_a_project(tmp_path: Path):
+    from medtailor.workflow import ProjectExistsError, init_project
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    with pytest.raises(ProjectExistsError, match="already a project"):
+        init_project(tmp_path)
+    assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"
+
+
 @pytest.mark.slow
-def test_snakemake_runs_the_demo_and_reruns_only_what_a_params_change_touches(project: Path):
+def test_a_project_of_your_own_runs_and_reruns_only_what_a_params_change_touches(
+    own_project: Path,
+):
+    """``medtailor init`` outside the checkout: Snakemake runs the installed workflow, DVC
+    works (the folder is a git repository), MLflow runs carry the product version and the
+    project's commit, and reruns follow the params keys each stage reads."""
+    import mlflow
+
+    from medtailor import __version__
+
+    project = own_project
     snakemake, dvc = str(BIN / "snakemake"), str(BIN / "dvc")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    run([dvc, "init", "-q"], project)
+    plan = run([snakemake, "-n", "--cores", "2", "--nocolor"], project).stdout
+    train_blocks = re.findall(r"^rule train:\n(.*?)(?=^\S)", plan, re.M | re.S)
+    assert train_blocks and all(re.search(r"^\s+threads: 2$", b, re.M) for b in train_blocks)
     run([snakemake, "--cores", "2"], project)
+    # Three train jobs of 2 threads each, but never two at once on 2 cores.
+    # The run's log (the dry run and the onsuccess handler's --summary write their own).
+    (log,) = [
+        text
+        for path in (project / ".snakemake" / "log").glob("*.snakemake.log")
+        if "Finished jobid" in (text := path.read_text())
+    ]
+    assert peak_threads(log)[0] <= 2
+    assert peak_threads(log, rule="train") == (2, 1)
     assert (project / "data" / "resample" / "manifest.parquet").is_file()
     assert "Nothing to be done" in run([snakemake, "-n"], project).stdout
+
+    # A detect-only key reruns detect and what follows it, never the detector's training.
+    set_param(project, "detector", "max_candidates_per_image", 50)
+    jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)
+    assert set(jobs) == {"detect", "patches", "train", "evaluate", "all"}
+    status = run([dvc, "status", "--json"], project).stdout
+    changed = set(json.loads(status))
+    assert "detect" in changed and "train_detector" not in changed
+    set_param(project, "detector", "max_candidates_per_image", 100)
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) >= 10  # the pipeline's parent run and one per job
+    assert set(runs["tags.medtailor_version"]) == {__version__}
+    assert set(runs["tags.git_commit"]) == {commit}
     # Snakemake recorded its work in dvc.lock: DVC agrees nothing is to be done, and a
     # change to an evaluate-only key reruns evaluate alone.
     assert "Data and pipelines are up to date" in run([dvc, "status"], project).stdout

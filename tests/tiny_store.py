@@ -34,6 +34,7 @@ TINY_ENTRY = {
     "compile": False,
     "sync_batchnorm": False,
     "num_workers": 0,
+    "max_negatives_per_positive": None,
 }
 
 

@@ -158,12 +158,12 @@ def log_to_model_runs(summary: dict[str, Any], names: list[str]) -> None:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage as a subcommand: its runner, help, params sections and paths."""
+    """One pipeline stage as a subcommand: its runner, help, output and paths (the params
+    keys it reads are in ``medtailor.config.stage_keys``)."""
 
     name: str
     run: Callable[[argparse.Namespace, dict[str, Any]], Result]
     help: str
-    sections: tuple[str, ...]
     output: Path
     paths: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -175,7 +175,6 @@ STAGES = [
         run_synth,
         "Write the deterministic synthetic dataset (DICOM radiographs and CT series, NIfTI "
         "volumes, label maps, boxes) from params 'synth' and 'seed'.",
-        ("synth",),
         DATA / "synth",
     ),
     Stage(
@@ -183,7 +182,6 @@ STAGES = [
         run_ingest,
         "Audit and convert raw DICOM/NIfTI to NIfTI with a pseudonymous manifest, boxes and "
         "an audit report (audit.csv) of every rejected file.",
-        ("ingest",),
         DATA / "ingest",
         {"input": (None, "raw data folder (default: params ingest.input)")},
     ),
@@ -192,7 +190,6 @@ STAGES = [
         run_resample,
         "Resample volumes to isotropic spacing and radiographs to a fixed pixel spacing; "
         "label maps and boxes follow their images.",
-        ("resample",),
         DATA / "resample",
         {"input": (DATA / "ingest", "ingest output folder")},
     ),
@@ -201,7 +198,6 @@ STAGES = [
         run_split,
         "Assign every patient to train/val/test (params 'split'), stratified on lesions; "
         "computed once and used by the detector and the patches.",
-        ("split",),
         DATA / "split" / "split.csv",
         {"input": (DATA / "resample", "resample output folder")},
     ),
@@ -210,7 +206,6 @@ STAGES = [
         run_train_detector,
         "Train the built-in MONAI RetinaNet detectors (2D radiographs, 3D volumes) on the "
         "training split (params 'detector').",
-        ("detector",),
         DATA / "detector",
         {
             "input": (DATA / "resample", "resample output folder"),
@@ -222,7 +217,6 @@ STAGES = [
         run_detect,
         "Write candidate boxes (scores 0-100) for every image, from the trained detectors or "
         "from the external box file of params 'detector.external_boxes'.",
-        ("detector",),
         DATA / "detect" / "candidates.parquet",
         {
             "input": (DATA / "resample", "resample output folder"),
@@ -237,7 +231,6 @@ STAGES = [
         run_patches,
         "Label candidates by IoU with the ground truth and write the patch store "
         "(params 'patches').",
-        ("patches",),
         DATA / "patches",
         {
             "input": (DATA / "resample", "resample output folder"),
@@ -252,7 +245,6 @@ STAGES = [
         "Fine-tune the timm classifier of one named model configuration (params 'models.<name>' "
         "over the 'train' recipe) on the patch store; writes checkpoints and predictions. With "
         "compute.gpus > 1 it relaunches itself under torchrun, one process per GPU.",
-        ("train", "compute"),
         DATA / "models",
         {
             "input": (DATA / "patches", "patch store"),
@@ -266,7 +258,6 @@ STAGES = [
         "Evaluate trained models (AUC, operating point, FROC/AUFROC with patient-bootstrap CIs, "
         "patient-clustered DeLong/McNemar comparisons, Grad-CAM) and write the report (params "
         "'evaluate'). Each model is rebuilt from its own checkpoint, so any trained folder works.",
-        ("evaluate",),
         DATA / "evaluate",
         {
             "input": (DATA / "patches", "patch store"),
@@ -328,9 +319,13 @@ def launch_distributed(argv: list[str], processes: int) -> int:
 
 
 def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    from medtailor.config.stage_keys import stage_view, undeclared_key_error
     from medtailor.tracking import stage_run
 
     run_name = stage.name.replace("-", "_")
+    model = getattr(args, "model", None)
+    view = stage_view(params, stage.name, model)
+    set_threads(args.threads)
     if stage.name == "train":
         run_name = f"train:{args.model}"
         if args.metrics == METRICS / "train.json":
@@ -341,13 +336,28 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
             if code:
                 raise RuntimeError(f"distributed training exited with code {code}")
             return json.loads(args.metrics.read_text())
-    if not is_rank_zero():  # only rank 0 logs to MLflow and writes metrics
-        stage.run(args, params)
-        return {}
-    with stage_run(run_name, params, stage.sections):
-        summary, artifacts = stage.run(args, params)
-        record_summary(summary, args.metrics, artifacts)
+    try:
+        if not is_rank_zero():  # only rank 0 logs to MLflow and writes metrics
+            stage.run(args, view)
+            return {}
+        with stage_run(run_name, view):
+            summary, artifacts = stage.run(args, view)
+            record_summary(summary, args.metrics, artifacts)
+    except KeyError as exc:
+        raise undeclared_key_error(run_name, exc, params) from exc
     return summary
+
+
+def set_threads(threads: int | None) -> None:
+    """Hold the job to the cores Snakemake (``threads:``) or Slurm gave it: torch's pools,
+    and the OpenMP/BLAS pools of libraries loaded after this."""
+    if not threads:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
@@ -396,6 +406,21 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def init_command(args: argparse.Namespace) -> dict[str, Any]:
+    from medtailor.workflow import init_project
+
+    for step in init_project(args.folder, args.input):
+        print(f"  {step}")
+    print(
+        f"medtailor project ready in {args.folder}. Next:\n"
+        f"  cd {args.folder}\n"
+        "  edit params.yaml (ingest.input: your raw data folder; models; ...)\n"
+        "  snakemake --cores 2            # or: snakemake --profile slurm\n"
+        "  dvc repro                      # alternatively, DVC runs the same stages"
+    )
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtailor",
@@ -418,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             default=stage.output,
             help=f"output folder (default: {stage.output})",
+        )
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads for torch and numerical libraries (Snakemake passes the rule's "
+            "threads; default: the library defaults)",
         )
         metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
         p.add_argument(
@@ -442,6 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=models_command)
+    p = sub.add_parser(
+        "init",
+        help="Make a folder a medtailor project of your own: params.yaml, a Snakefile that "
+        "runs the installed workflow, Slurm profile, dvc.yaml, git and DVC.",
+    )
+    p.add_argument("folder", type=Path, help="project folder (created if missing)")
+    p.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="raw data folder, written as ingest.input (default: the synthetic demo's)",
+    )
+    p.set_defaults(func=init_command, needs_params=False)
     p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")
@@ -460,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        params = load_params(args.params)
-        summary = args.func(args, params)
+        if getattr(args, "needs_params", True):
+            summary = args.func(args, load_params(args.params))
+        else:
+            summary = args.func(args)
     except ParamsError as exc:
         print(f"medtailor {args.command}: {exc}", file=sys.stderr)
         return 2

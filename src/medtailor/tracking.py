@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medtailor import __version__
 from medtailor.config import params_hash
 
 PARENT_RUN_ENV = "MEDTAILOR_PARENT_RUN_ID"
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
+    """The commit of the project (the working directory's git repository)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -43,6 +45,7 @@ def file_hash(path: Path) -> str:
 def provenance_tags(params: Mapping[str, Any]) -> dict[str, str]:
     """What ties a run to the exact code, configuration and data versions."""
     tags = {
+        "medtailor_version": __version__,
         "git_commit": git_commit(),
         "params_hash": params_hash(dict(params)),
         "dvc_lock_hash": file_hash(Path("dvc.lock")),
@@ -84,11 +87,9 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def stage_run(
-    stage: str, params: Mapping[str, Any], sections: tuple[str, ...] | None = None
-) -> Iterator[Any]:
-    """Open an MLflow run for one execution of ``stage``, logging the params ``sections``
-    it reads (default: the section named like the stage) and the provenance tags."""
+def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
+    """Open an MLflow run for one execution of ``stage``, logging the params it reads (its
+    view of params.yaml, see ``medtailor.config.stage_keys``) and the provenance tags."""
     import mlflow
 
     uri = tracking_uri(params["tracking"])
@@ -101,10 +102,7 @@ def stage_run(
         parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
         tags=tags,
     ) as run:
-        stage_params: dict[str, Any] = {"seed": params["seed"]}
-        for section in sections or (stage,):
-            stage_params.update(flatten(params.get(section, {}), f"{section}."))
-        mlflow.log_params(stage_params)
+        mlflow.log_params(flatten({k: v for k, v in params.items() if k != "tracking"}))
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
         yield run
 

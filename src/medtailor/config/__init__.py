@@ -11,6 +11,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from medtailor.config.stage_keys import lookup
+
 SCHEMA_FILE = "params.schema.yaml"
 
 
@@ -37,13 +39,6 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
-def _lookup(params: dict[str, Any], key: str) -> Any:
-    value: Any = params
-    for part in key.split("."):
-        value = value[part]
-    return value
-
-
 # Pairs (low, high) whose values must satisfy low <= high: relations JSON schema cannot state.
 ORDERED_KEYS = [
     ("patches.negative_iou", "patches.positive_iou"),
@@ -55,9 +50,9 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
     """Relations between keys, checked after the schema so every key exists and has its type."""
     errors = []
     for low, high in ORDERED_KEYS:
-        if _lookup(params, low) > _lookup(params, high):
+        if lookup(params, low) > lookup(params, high):
             errors.append(
-                f"{low} ({_lookup(params, low)}) must not exceed {high} ({_lookup(params, high)})"
+                f"{low} ({lookup(params, low)}) must not exceed {high} ({lookup(params, high)})"
             )
     fractions = params["split"]["fractions"]
     if abs(sum(fractions) - 1.0) > 1e-6:

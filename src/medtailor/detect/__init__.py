@@ -96,15 +96,21 @@ def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, An
     records = []
     for kind, ndim in KINDS.items():
         rows = manifest[manifest["kind"] == kind]
-        cfg = params["detector"][kind]
         for fold, chosen in rows.groupby(which.loc[rows["image_id"]].to_numpy()):
             checkpoint_path = detector_file(model_dir, kind, None if fold < 0 else int(fold))
             if not checkpoint_path.is_file():
                 raise FileNotFoundError(
                     f"{checkpoint_path}: no trained {kind} detector (run train_detector)"
                 )
+            checkpoint = load_checkpoint(checkpoint_path)
+            if "config" not in checkpoint:
+                raise ValueError(
+                    f"{checkpoint_path}: a detector saved before checkpoints carried their "
+                    "configuration; retrain it (medtailor train-detector)"
+                )
+            cfg = checkpoint["config"]
             detector = build_detector(ndim, cfg, params["detector"])
-            detector.load_state_dict(load_checkpoint(checkpoint_path)["state_dict"])
+            detector.load_state_dict(checkpoint["state_dict"])
             detector.to(device())
             images = load_detection_images(resample_dir, chosen, cfg["intensity"])
             for item in tqdm(images, desc=f"detect {checkpoint_path.stem}", unit="image"):

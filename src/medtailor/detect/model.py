@@ -16,10 +16,25 @@ from monai.networks.nets import resnet
 RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
 
+def validation_selection(min_score: float) -> dict[str, float]:
+    """Candidate selection while training chooses its checkpoint: fixed, so that the
+    inference settings ``detect`` reads (``detector.min_candidate_score`` etc.) never change
+    which detector is trained. Only candidates above ``patches.min_score`` count there."""
+    return {
+        "min_candidate_score": min_score,
+        "nms_iou": 0.5,
+        "max_candidates_per_image": 100,
+        "sliding_window_overlap": 0.25,
+    }
+
+
 def build_detector(
-    spatial_dims: int, cfg: Mapping[str, Any], detector_cfg: Mapping[str, Any]
+    spatial_dims: int, cfg: Mapping[str, Any], selection: Mapping[str, Any]
 ) -> RetinaNetDetector:
-    """A one-class RetinaNet detector configured from params (``detector.<kind>``)."""
+    """A one-class RetinaNet: architecture and sliding-window size from ``cfg``
+    (``detector.<kind>``, stored in each checkpoint), candidate selection from
+    ``selection`` (``detector.min_candidate_score``, ``nms_iou``,
+    ``max_candidates_per_image``, ``sliding_window_overlap``)."""
     returned_layers = [int(v) for v in cfg["returned_layers"]]
     anchors = AnchorGeneratorWithAnchorShape(
         feature_map_scales=[2**level for level in range(len(returned_layers) + 1)],
@@ -61,14 +76,14 @@ def build_detector(
         batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16
     )
     detector.set_box_selector_parameters(
-        score_thresh=float(detector_cfg["min_candidate_score"]) / 100.0,
+        score_thresh=float(selection["min_candidate_score"]) / 100.0,
         topk_candidates_per_level=1000,
-        nms_thresh=float(detector_cfg["nms_iou"]),
-        detections_per_img=int(detector_cfg["max_candidates_per_image"]),
+        nms_thresh=float(selection["nms_iou"]),
+        detections_per_img=int(selection["max_candidates_per_image"]),
     )
     detector.set_sliding_window_inferer(
         roi_size=[int(v) for v in cfg["patch_size"]],
-        overlap=float(detector_cfg["sliding_window_overlap"]),
+        overlap=float(selection["sliding_window_overlap"]),
         sw_batch_size=1,
         mode="constant",
         device="cpu",

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from medtailor.detect.data import KINDS, DetectionImage, load_detection_images, random_crop
 from medtailor.detect.inference import lesion_recall, predict_boxes
-from medtailor.detect.model import build_detector, device
+from medtailor.detect.model import build_detector, device, validation_selection
 from medtailor.imageio import save_torch
 from medtailor.split import hash_position, manifest_with_split
 
@@ -99,7 +99,8 @@ def train_kind(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     run_device = device()
-    detector = build_detector(KINDS[kind], cfg, params["detector"]).to(run_device)
+    selection = validation_selection(float(params["patches"]["min_score"]))
+    detector = build_detector(KINDS[kind], cfg, selection).to(run_device)
     optimizer = torch.optim.AdamW(
         detector.parameters(), lr=float(cfg["learning_rate"]), weight_decay=1e-4
     )
@@ -115,6 +116,8 @@ def train_kind(
             "spatial_dims": KINDS[kind],
             "epoch": epoch,
             "val_recall": recall,
+            # What detect needs to rebuild and run it: architecture, window, intensity.
+            "config": dict(cfg),
         }
 
     best = -1.0

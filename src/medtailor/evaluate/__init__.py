@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,13 @@ from medtailor.evaluate.classification import (
     operating_point,
 )
 from medtailor.evaluate.detection import candidate_hits, froc_summary
+from medtailor.evaluate.evidence import evidence_table, evidence_warnings
 from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
 from medtailor.patches.store import PatchStore
 from medtailor.split import manifest_with_split
 from medtailor.tables import read_boxes
+
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -236,6 +240,7 @@ def run_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
     detection = detection_inputs(resample_dir, split_csv, store.index, "radiograph", cfg["froc"])
+    evidence = split_evidence(resample_dir, split_csv, store.index, cfg["evidence"])
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     detector_froc, detector_curve = froc_summary(
         detection["candidates"],
@@ -274,8 +279,9 @@ def run_evaluate(
         )
 
     comparisons = compare_models(frames, results, cfg, seed)
-    table = summary_table(results)
+    table = summary_table(results, comparisons)
     summary = {
+        "evidence": _clean(evidence),
         "models": _clean(results),
         "detector_froc": _clean(detector_froc),
         "comparisons": _clean(comparisons),
@@ -285,14 +291,42 @@ def run_evaluate(
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "froc.csv", index=False)
     roc_table(frames).to_csv(out_dir / "roc.csv", index=False)
     write_report(summary, table, frames, pd.concat(curves, ignore_index=True), out_dir, params)
-    flat = {"detector_aufroc": detector_froc["aufroc"]}
+    flat = {
+        "detector_aufroc": detector_froc["aufroc"],
+        "evidence_warnings": len(evidence["warnings"]),
+    }
     for name, result in results.items():
         flat[f"{name}_test_auc"] = result["test"].get("auc")
         flat[f"{name}_test_aufroc"] = result["test_froc"].get("aufroc")
     return _clean(flat)
 
 
-def summary_table(results: dict[str, dict]) -> pd.DataFrame:
+def split_evidence(
+    resample_dir: Path, split_csv: Path, index: pd.DataFrame, cfg: dict
+) -> dict[str, Any]:
+    """The evidence table of the radiograph patches and its warnings (logged as well)."""
+    manifest = manifest_with_split(resample_dir, split_csv)
+    lesions = read_boxes(resample_dir / "boxes.parquet").merge(
+        manifest[["image_id", "split", "kind"]], on="image_id"
+    )
+    table = evidence_table(index, lesions, "radiograph")
+    warnings = evidence_warnings(table, cfg)
+    for warning in warnings:
+        log.warning("little evidence: %s", warning)
+    return {"table": table.to_dict("records"), "warnings": warnings}
+
+
+def paired_boost_interval(comparisons: list[dict], imagenet: str, scratch: str) -> list | None:
+    """The patient-bootstrap interval of AUC(imagenet) - AUC(scratch) from the pairwise
+    comparisons (stored for the pair in name order, so it flips when scratch comes first)."""
+    for c in comparisons:
+        if {c["a"], c["b"]} == {imagenet, scratch} and "bootstrap_difference_ci" in c:
+            low, high = c["bootstrap_difference_ci"]
+            return [low, high] if c["a"] == imagenet else [-high, -low]
+    return None
+
+
+def summary_table(results: dict[str, dict], comparisons: list[dict] | None = None) -> pd.DataFrame:
     rows = []
     for name, r in results.items():
         rows.append(
@@ -310,16 +344,28 @@ def summary_table(results: dict[str, dict]) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows)
     if len(table):
-        scratch = table[table["init"] == "scratch"].set_index("architecture")["test_auc"]
-        table["pretraining_boost"] = [
-            row.test_auc - scratch[row.architecture]
-            if row.init == "imagenet"
-            and row.architecture in scratch
-            and row.test_auc is not None
-            and scratch[row.architecture] is not None
-            else np.nan
-            for row in table.itertuples()
-        ]
+        # The boost of a pre-trained model is against the first (by name) from-scratch
+        # model of its architecture.
+        scratch = table[table["init"] == "scratch"].sort_values("model")
+        scratch = scratch.drop_duplicates("architecture").set_index("architecture")
+        boosts, intervals = [], []
+        for row in table.itertuples():
+            partner = scratch.loc[row.architecture] if row.architecture in scratch.index else None
+            if (
+                row.init == "imagenet"
+                and partner is not None
+                and row.test_auc is not None
+                and partner["test_auc"] is not None
+            ):
+                boosts.append(row.test_auc - partner["test_auc"])
+                intervals.append(
+                    paired_boost_interval(comparisons or [], row.model, partner["model"])
+                )
+            else:
+                boosts.append(np.nan)
+                intervals.append(None)
+        table["pretraining_boost"] = boosts
+        table["pretraining_boost_ci"] = intervals
     return table
 
 

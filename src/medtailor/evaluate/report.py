@@ -122,18 +122,31 @@ def _figures(
     fig.savefig(figures / "froc.png", dpi=120)
     made["froc"] = "figures/froc.png"
 
-    if len(table) and table["parameters"].notna().any():
+    sized = table.dropna(subset=["parameters", "test_auc"]) if len(table) else table
+    if len(sized):
         fig, ax = plt.subplots(figsize=(4.8, 4.0))
-        for row in table.itertuples():
-            if row.parameters and row.test_auc is not None:
-                ax.scatter(row.parameters / 1e6, row.test_auc)
-                ax.annotate(row.model, (row.parameters / 1e6, row.test_auc), fontsize=7)
-        ax.set(
-            xscale="log",
-            xlabel="parameters (millions)",
-            ylabel="test AUC",
-            title="AUC vs parameters",
-        )
+        groups = sized.groupby("parameters", sort=True)
+        if len(groups) == 1:
+            # One size for every model: a scatter would stack them on one x.
+            ax.text(
+                0.5,
+                0.5,
+                f"All {len(sized)} models have {sized['parameters'].iloc[0] / 1e6:.2f} M "
+                "parameters:\nAUC vs parameters says nothing here\n(see the models table).",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+            ax.set_axis_off()
+        else:
+            for parameters, group in groups:
+                ax.scatter([parameters / 1e6] * len(group), group["test_auc"])
+                label = ", ".join(group["model"])
+                if len(group) > 1:
+                    label = f"equal size: {label}"
+                ax.annotate(label, (parameters / 1e6, group["test_auc"].max()), fontsize=7)
+            ax.set(xscale="log", xlabel="parameters (millions)", ylabel="test AUC")
+        ax.set_title("AUC vs parameters")
         fig.tight_layout()
         fig.savefig(figures / "auc_vs_parameters.png", dpi=120)
         made["auc_vs_parameters"] = "figures/auc_vs_parameters.png"
@@ -145,14 +158,49 @@ def _figures(
     )
     if len(boost):
         fig, ax = plt.subplots(figsize=(4.8, 3.6))
-        ax.bar(boost["architecture"], boost["pretraining_boost"])
+        values = boost["pretraining_boost"].to_numpy(float)
+        intervals = [
+            ci if ci is not None else (np.nan, np.nan) for ci in boost["pretraining_boost_ci"]
+        ]
+        low = np.array([v - ci[0] for v, ci in zip(values, intervals, strict=True)], float)
+        high = np.array([ci[1] - v for v, ci in zip(values, intervals, strict=True)], float)
+        ax.bar(boost["model"], values, yerr=np.vstack([low, high]), capsize=6)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set(ylabel="test AUC: ImageNet - scratch", title="Pre-training boost")
+        ax.set(
+            ylabel="test AUC: ImageNet - scratch",
+            title=f"Pre-training boost ({round(100 * float(cfg['confidence_level']))}% CI, "
+            "patient bootstrap of the paired difference)",
+        )
+        ax.title.set_fontsize(8)
         fig.tight_layout()
         fig.savefig(figures / "pretraining_boost.png", dpi=120)
         made["pretraining_boost"] = "figures/pretraining_boost.png"
     plt.close("all")
     return made
+
+
+def _evidence_lines(evidence: dict, cfg: dict) -> list[str]:
+    """The evidence section: warnings first, then the counts per split."""
+    lines = ["## Evidence", ""]
+    if evidence["warnings"]:
+        lines += [
+            "**The numbers below rest on little evidence:**",
+            "",
+            *[f"- {w}" for w in evidence["warnings"]],
+            "",
+        ]
+    lines += [
+        "| split | patients | patches | positive patches | patients with positives | lesions | detector recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in evidence["table"]:
+        recall = row["detector_recall"]
+        lines.append(
+            f"| {row['split']} | {row['patients']} | {row['patches']} | {row['positive_patches']} | "
+            f"{row['patients_with_positives']} | {row['lesions']} | "
+            f"{'n/a' if recall is None else f'{recall:.0%}'} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(
@@ -184,6 +232,7 @@ def write_report(
         f"candidates are the detector's, re-scored by each classifier; a candidate hits a "
         f"lesion when its IoU exceeds {cfg['froc']['hit_iou']}, and {in_between}.",
         "",
+        *_evidence_lines(summary["evidence"], cfg),
         "## Models (test split)",
         "",
         f"Unit: **patient**. AUC, sensitivity and specificity intervals are {level}% "

@@ -27,6 +27,22 @@ def augmentation(spec: dict[str, Any]) -> v2.Compose | None:
     return v2.Compose(steps) if steps else None
 
 
+def balanced_indices(
+    labels: np.ndarray, max_negatives_per_positive: float | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted indices of one epoch: every positive and at most ``max_negatives_per_positive``
+    negatives per positive, drawn without replacement (all of them when None or when there
+    are fewer). Without a positive there is nothing to balance against: every index."""
+    labels = np.asarray(labels)
+    positives = np.flatnonzero(labels == 1)
+    negatives = np.flatnonzero(labels != 1)
+    if max_negatives_per_positive is None or len(positives) == 0:
+        return np.arange(len(labels))
+    keep = min(len(negatives), int(np.ceil(max_negatives_per_positive * len(positives))))
+    chosen = rng.choice(negatives, size=keep, replace=False) if keep < len(negatives) else negatives
+    return np.sort(np.concatenate([positives, chosen]))
+
+
 class PatchDataset(Dataset):
     """2D patches of one split as (tensor C x H x W in [0, 1], label).
 

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from medtailor.config import params_hash
@@ -42,7 +42,7 @@ from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
 from medtailor.train.architecture import build_classifier, classifier_checkpoint
 from medtailor.train.complexity import complexity
-from medtailor.train.data import PatchDataset
+from medtailor.train.data import PatchDataset, balanced_indices
 
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
@@ -102,6 +102,12 @@ def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device) 
         )
         return model
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def loader_workers(requested: int, threads: int) -> int:
+    """Data-loader processes within the job's threads (``--threads``, torch's pool): the
+    main process keeps one, so at most ``threads - 1`` workers run beside it."""
+    return max(0, min(requested, threads - 1))
 
 
 def train_batches(n_samples: int, batch_size: int, world: int) -> tuple[int, bool]:
@@ -170,7 +176,34 @@ def train_model(
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     batch_size, epochs = int(entry["batch_size"]), int(entry["epochs"])
-    steps_per_epoch, drop_last = train_batches(len(train_set), batch_size, world)
+    cap = entry["max_negatives_per_positive"]
+    train_labels = train_set.labels.numpy()
+
+    def epoch_indices(epoch: int) -> np.ndarray:
+        return balanced_indices(train_labels, cap, np.random.default_rng(epoch_seed(seed, epoch)))
+
+    # Every epoch draws the same number of patches of each class (fresh negatives).
+    epoch_labels = torch.from_numpy(train_labels[epoch_indices(1)])
+    if len(epoch_labels) < len(train_labels):
+        log.info(
+            "%s: class-balanced sampling, %d of %d negative training patches per epoch "
+            "(train.max_negatives_per_positive = %s)",
+            name,
+            int((epoch_labels == 0).sum()),
+            int((train_labels == 0).sum()),
+            cap,
+        )
+    steps_per_epoch, drop_last = train_batches(len(epoch_labels), batch_size, world)
+    workers = loader_workers(int(entry["num_workers"]), torch.get_num_threads())
+    if workers < int(entry["num_workers"]):
+        log.info(
+            "%s: %d data-loader worker(s) instead of train.num_workers = %s, within the "
+            "job's %d thread(s)",
+            name,
+            workers,
+            entry["num_workers"],
+            torch.get_num_threads(),
+        )
 
     optimizer = create_optimizer_v2(
         model,
@@ -198,7 +231,7 @@ def train_model(
         if float(entry["ema_decay"]) > 0
         else None
     )
-    weights = class_weights(train_set.labels, entry["class_weighting"])
+    weights = class_weights(epoch_labels, entry["class_weighting"])
     criterion = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     trained: torch.nn.Module = model
     if world > 1:
@@ -234,18 +267,19 @@ def train_model(
     ):
         torch.manual_seed(epoch_seed(seed, epoch))
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        epoch_set = Subset(train_set, epoch_indices(epoch).tolist())
         sampler = (
-            DistributedSampler(train_set, world, rank, seed=epoch_seed(seed, epoch))
+            DistributedSampler(epoch_set, world, rank, seed=epoch_seed(seed, epoch))
             if world > 1
             else None
         )
         loader = DataLoader(
-            train_set,
+            epoch_set,
             batch_size=batch_size,
             shuffle=sampler is None,
             sampler=sampler,
             generator=generator,
-            num_workers=int(entry["num_workers"]),
+            num_workers=workers,
             drop_last=drop_last,
         )
         trained.train()
@@ -339,6 +373,7 @@ def train_model(
         "final_train_loss": final["train_loss"],
         "images_per_second": float(np.mean([h["images_per_second"] for h in history])),
         "train_patches": len(train_set),
+        "train_patches_per_epoch": len(epoch_labels),
         "input_size": size,
         **counts,
     }

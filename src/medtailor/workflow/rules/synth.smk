@@ -6,13 +6,12 @@ rule synth:
         "logs/synth.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        seed=config["seed"],
-        synth=config["synth"],
+        reads=stage_values(config, "synth"),
     shell:
-        "medtailor synth --params {params.file} --output {output.data} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor synth --threads {threads} --params {params.file} --output {output.data} --metrics {output.metrics} > {log} 2>&1"

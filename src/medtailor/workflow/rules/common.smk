@@ -1,5 +1,5 @@
 # Shared by every rule: the conda environment and the params file each CLI call reads.
-ENV = "../../envs/medtailor.yaml"
+ENV = "../envs/medtailor.yaml"
 PARAMS = "params.yaml"
 
 

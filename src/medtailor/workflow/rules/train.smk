@@ -10,16 +10,13 @@ rule train:
         model="|".join(config["models"]),
     conda:
         ENV
+    threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
-        cpus_per_task=2,
         gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
-        seed=config["seed"],
-        train=config["train"],
-        entry=lambda wildcards: config["models"][wildcards.model],
-        gpus=config["compute"]["gpus"],
+        reads=lambda wildcards: stage_values(config, "train", wildcards.model),
     shell:
-        "medtailor train --params {params.file} --model {wildcards.model} --input {input.store} --output {output.model} --state data/train_state/{wildcards.model} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor train --threads {threads} --params {params.file} --model {wildcards.model} --input {input.store} --output {output.model} --state data/train_state/{wildcards.model} --metrics {output.metrics} > {log} 2>&1"

@@ -8,12 +8,12 @@ rule resample:
         "logs/resample.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=120,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        resample=config["resample"],
+        reads=stage_values(config, "resample"),
     shell:
-        "medtailor resample --params {params.file} --input {input.data} --output {output.data} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor resample --threads {threads} --params {params.file} --input {input.data} --output {output.data} --metrics {output.metrics} > {log} 2>&1"

@@ -12,14 +12,12 @@ rule patches:
         "logs/patches.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        patches=config["patches"],
-        radiograph_intensity=config["detector"]["radiograph"]["intensity"],
-        volume_intensity=config["detector"]["volume"]["intensity"],
+        reads=stage_values(config, "patches"),
     shell:
-        "medtailor patches --params {params.file} --input {input.data} --split {input.split} --candidates {input.candidates} --output {output.store} --plots plots --metrics {output.metrics} > {log} 2>&1"
+        "medtailor patches --threads {threads} --params {params.file} --input {input.data} --split {input.split} --candidates {input.candidates} --output {output.store} --plots plots --metrics {output.metrics} > {log} 2>&1"

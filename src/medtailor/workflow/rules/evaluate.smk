@@ -11,13 +11,12 @@ rule evaluate:
         "logs/evaluate.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        seed=config["seed"],
-        evaluate=config["evaluate"],
+        reads=stage_values(config, "evaluate"),
     shell:
-        "medtailor evaluate --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --output {output.report} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor evaluate --threads {threads} --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --output {output.report} --metrics {output.metrics} > {log} 2>&1"

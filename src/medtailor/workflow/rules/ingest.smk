@@ -8,12 +8,12 @@ rule ingest:
         "logs/ingest.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        ingest=config["ingest"],
+        reads=stage_values(config, "ingest"),
     shell:
-        "medtailor ingest --params {params.file} --input {input.raw} --output {output.data} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor ingest --threads {threads} --params {params.file} --input {input.raw} --output {output.data} --metrics {output.metrics} > {log} 2>&1"

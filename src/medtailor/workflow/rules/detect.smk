@@ -9,20 +9,16 @@ rule train_detector:
         "logs/train_detector.log",
     conda:
         ENV
+    threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
-        cpus_per_task=2,
         gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
-        seed=config["seed"],
-        detector=config["detector"],
-        min_score=config["patches"]["min_score"],
-        positive_iou=config["patches"]["positive_iou"],
-        split_key=config["split"]["key"],
+        reads=stage_values(config, "train_detector"),
     shell:
-        "medtailor train-detector --params {params.file} --input {input.data} --split {input.split} --output {output.models} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor train-detector --threads {threads} --params {params.file} --input {input.data} --split {input.split} --output {output.models} --metrics {output.metrics} > {log} 2>&1"
 
 
 rule detect:
@@ -36,13 +32,13 @@ rule detect:
         "logs/detect.log",
     conda:
         ENV
+    threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
-        cpus_per_task=2,
         gpu=config["compute"]["gpus"],
     params:
         file=PARAMS,
-        detector=config["detector"],
+        reads=stage_values(config, "detect"),
     shell:
-        "medtailor detect --params {params.file} --input {input.data} --detector {input.detector} --output {output.candidates} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor detect --threads {threads} --params {params.file} --input {input.data} --detector {input.detector} --output {output.candidates} --metrics {output.metrics} > {log} 2>&1"

@@ -8,13 +8,12 @@ rule split:
         "logs/split.log",
     conda:
         ENV
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-        cpus_per_task=1,
     params:
         file=PARAMS,
-        seed=config["seed"],
-        split=config["split"],
+        reads=stage_values(config, "split"),
     shell:
-        "medtailor split --params {params.file} --input {input.data} --output {output.table} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor split --threads {threads} --params {params.file} --input {input.data} --output {output.table} --metrics {output.metrics} > {log} 2>&1"

@@ -1,0 +1,114 @@
+"""Which params keys each stage reads: the one list behind Snakemake's rerun triggers,
+DVC's ``params`` and the view of params.yaml each ``medtailor <stage>`` command gets.
+
+A stage only sees the keys listed here (plus ``tracking``, which says where runs are
+logged, not what they compute), so a key its code reads but this table omits fails loudly
+instead of silently escaping the rerun triggers. ``{model}`` stands for the configuration
+a ``train`` job trains.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "synth": ("seed", "synth"),
+    "ingest": ("ingest",),
+    "resample": ("resample",),
+    "split": ("split",),
+    # Architecture and training of the detectors; its checkpoint choice counts lesions found
+    # by a candidate scoring above patches.min_score with IoU above patches.positive_iou.
+    "train_detector": (
+        "seed",
+        "detector.source",
+        "detector.radiograph",
+        "detector.volume",
+        "detector.train_folds",
+        "patches.min_score",
+        "patches.positive_iou",
+        "split.key",
+    ),
+    # Inference only: the architecture, patch size and intensity come with each checkpoint.
+    "detect": (
+        "detector.source",
+        "detector.external_boxes",
+        "detector.min_candidate_score",
+        "detector.nms_iou",
+        "detector.max_candidates_per_image",
+        "detector.sliding_window_overlap",
+    ),
+    "patches": ("patches", "detector.radiograph.intensity", "detector.volume.intensity"),
+    "train": ("seed", "train", "models.{model}", "compute.gpus"),
+    "evaluate": ("seed", "evaluate"),
+}
+ALWAYS_VISIBLE = ("tracking",)
+
+
+class UndeclaredParamError(KeyError):
+    """A stage read a params key that STAGE_KEYS does not list for it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def undeclared_key_error(stage: str, error: KeyError, params: Mapping[str, Any]) -> KeyError:
+    """``error`` restated when the missing key exists in params.yaml but not in the stage's
+    view (a stage reading a key it does not declare); else ``error`` itself."""
+    key = error.args[0] if error.args else None
+    if not isinstance(key, str) or not any(key in keys for keys in _all_keys(params)):
+        return error
+    return UndeclaredParamError(
+        f"KeyError '{key}': '{key}' is a params.yaml key, so medtailor {stage} probably read "
+        "a key that medtailor.config.stage_keys.STAGE_KEYS does not list for it (a change "
+        "to it would not rerun the stage): declare it there"
+    )
+
+
+def _all_keys(params: Mapping[str, Any]) -> list[set[str]]:
+    found: list[set[str]] = [set(params)]
+    for value in params.values():
+        if isinstance(value, Mapping):
+            found += _all_keys(value)
+    return found
+
+
+def stage_keys(stage: str, model: str | None = None) -> list[str]:
+    """The dotted keys ``stage`` reads (``models.{model}`` filled in when ``model`` is given)."""
+    stage = stage.replace("-", "_")
+    keys = STAGE_KEYS[stage]
+    return [key.replace("{model}", model) if model else key for key in keys]
+
+
+def lookup(params: Mapping[str, Any], key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def stage_values(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
+    """``{dotted key: value}`` of the keys ``stage`` reads: what Snakemake compares to decide
+    whether params changed (train jobs without ``model`` read every configuration)."""
+    keys = stage_keys(stage, model)
+    if model is None:
+        keys = [k for k in keys if "{model}" not in k]
+    return {key: copy.deepcopy(lookup(params, key)) for key in keys}
+
+
+def stage_view(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
+    """The part of ``params`` that ``stage`` may read, nested as in params.yaml (plain
+    dicts: it is saved in checkpoints). Without ``model``, a train job sees every
+    configuration."""
+    keys = stage_keys(stage, model) + list(ALWAYS_VISIBLE)
+    if model is None:
+        keys = ["models" if "{model}" in k else k for k in keys]
+    view: dict[str, Any] = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        node = view
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(lookup(params, key))
+    return view
