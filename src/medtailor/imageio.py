@@ -34,14 +34,26 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def clear_outputs(folder: Path, children: list[str]) -> None:
-    """Remove a stage's previous outputs (only the named children) before it writes anew."""
-    for child in children:
-        target = folder / child
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+@contextmanager
+def staged_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty sibling of ``folder`` to write a stage's outputs into. On success it
+    replaces ``folder`` (the previous outputs are deleted only then); on error it is
+    removed and the previous outputs stay as they were."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging.", dir=folder.parent))
+    try:
+        yield staging
+        previous = None
+        if folder.exists():
+            previous = staging.with_name(staging.name.replace(".staging.", ".previous."))
+            os.replace(folder, previous)
+        os.replace(staging, folder)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def save_torch(payload: object, path: str | Path) -> Path:

@@ -14,22 +14,24 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pydicom
 from tqdm import tqdm
 
-from medtailor.imageio import clear_outputs, compact_dtype, save_nifti
+from medtailor.imageio import compact_dtype, save_nifti, staged_folder
 from medtailor.ingest.annotations import Annotations, load_annotations
-from medtailor.ingest.audit import Audit, Rejected
+from medtailor.ingest.audit import Audit, Rejected, printable
 from medtailor.ingest.dicom import (
     DicomFile,
     decode_pixels,
     group_series,
+    identifiers_of,
     load_projection,
     order_slices,
+    read_dataset,
     read_dicom_header,
     series_key,
 )
@@ -39,7 +41,6 @@ from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import write_boxes, write_manifest
 
 log = logging.getLogger(__name__)
-OUTPUT_CHILDREN = ["images", "labels", "manifest.parquet", "boxes.parquet", "audit.csv"]
 
 
 class IngestError(RuntimeError):
@@ -47,16 +48,31 @@ class IngestError(RuntimeError):
 
 
 def discover(root: Path, excluded: set[str]) -> list[tuple[Path, str]]:
-    """Every regular file under ``root`` (sorted, hidden ones skipped) but the annotations."""
+    """Every regular file under ``root`` (sorted, hidden ones skipped) but the annotations,
+    as (path, printable relative path). Symbolic links are followed, but each real folder
+    and file is visited once, so a link loop or a second link to a folder reads nothing
+    twice."""
     found = []
+    seen_dirs, seen_files = set(), set()
     for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in seen_dirs
+        )
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            if rel not in excluded and path.is_file():
+            rel = printable(path.relative_to(root).as_posix())
+            real_file = os.path.realpath(path)
+            if rel not in excluded and path.is_file() and real_file not in seen_files:
+                seen_files.add(real_file)
                 found.append((path, rel))
     return found
 
@@ -146,7 +162,7 @@ class _Writer:
                 "image_path": image_rel,
                 "label_path": label_rel,
                 "n_boxes": n_boxes,
-                "source": self.audit.redact(source),
+                "source": ";".join(self.audit.redact_path(part) for part in source.split(";")),
                 "source_format": source_format,
                 "n_files": n_files,
                 "transfer_syntax": transfer_syntax,
@@ -289,28 +305,35 @@ def _ingest_nifti(rel: str, writer: _Writer) -> None:
 
 
 def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Ingest everything under ``input_root`` into ``out_dir``; return the summary counts."""
-    cfg = params["ingest"]
+    """Ingest everything under ``input_root`` into ``out_dir``; return the summary counts.
+
+    The outputs are written into a staging folder beside ``out_dir`` that replaces it only
+    when complete: a crash leaves the previous outputs as they were. When nothing usable
+    is found, the new ``out_dir`` holds the audit alone and the stage fails.
+    """
     if not input_root.is_dir():
         raise IngestError(f"{input_root}: input folder does not exist")
-    started = time.perf_counter()
     # pydicom's validation warnings quote header values, which may be identifiers.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir, OUTPUT_CHILDREN)
-    audit = Audit()
-    annotations = load_annotations(input_root, cfg["annotations"], audit)
-    writer = _Writer(
-        input_root,
-        out_dir,
-        Pseudonymizer.from_params(cfg),
-        annotations,
-        audit,
-        box_table=cfg["annotations"]["boxes"],
-    )
+    with staged_folder(out_dir) as staging:
+        summary = _ingest(input_root, staging, params["ingest"])
+    if summary is None:
+        raise IngestError(
+            f"no usable image under {input_root}: every file was rejected, "
+            f"see {out_dir / 'audit.csv'}"
+        )
+    return summary
 
-    files = discover(input_root, annotations.files)
-    n_bytes = sum(path.stat().st_size for path, _ in files)
+
+def _unexpected(exc: Exception) -> Rejected:
+    """Any failure of a per-file step as an audit reason (the traceback goes to the log)."""
+    log.debug("unexpected ingest error", exc_info=True)
+    return Rejected("unexpected error, please report it", f"{type(exc).__name__}: {exc}")
+
+
+def _triage(files: list[tuple[Path, str]], audit: Audit) -> tuple[list[DicomFile], list[str]]:
+    """Header-level triage of every file; identifiers are collected from every header
+    pydicom can parse, whether the file is then used or rejected."""
     dicoms: list[DicomFile] = []
     niftis: list[str] = []
     for path, rel in tqdm(files, desc="ingest: triage", unit="file"):
@@ -318,15 +341,44 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
             niftis.append(rel)
             continue
         try:
-            record, _ = read_dicom_header(path, rel)
+            ds = read_dataset(path)
+            audit.remember_identifiers(identifiers_of(ds))
+            record, _ = read_dicom_header(path, rel, ds)
         except Rejected as exc:
-            audit.reject(rel, str(exc))
+            audit.reject_error(rel, exc)
             continue
-        audit.remember_identifiers(record.identifiers)
+        except Exception as exc:
+            audit.reject_error(rel, _unexpected(exc))
+            continue
         dicoms.append(record)
+    return dicoms, niftis
+
+
+def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    started = time.perf_counter()
+    pseudo = Pseudonymizer.from_params(cfg)
+    audit = Audit(pseudonym=lambda component: pseudo("component", component))
+    annotations = load_annotations(input_root, cfg["annotations"], audit)
+    writer = _Writer(
+        input_root,
+        out_dir,
+        pseudo,
+        annotations,
+        audit,
+        box_table=cfg["annotations"]["boxes"],
+    )
+
+    files = discover(input_root, annotations.files)
+    audit.remember_paths(rel for _, rel in files)
+    audit.remember_paths({str(PurePosixPath(rel).parent) for _, rel in files} - {"."})
+    n_bytes = sum(path.stat().st_size for path, _ in files)
+    dicoms, niftis = _triage(files, audit)
 
     projections = [f for f in dicoms if f.is_projection]
-    series = group_series([f for f in dicoms if not f.is_projection])
+    series = group_series(
+        [f for f in dicoms if not f.is_projection],
+        lambda f, exc: audit.reject_error(f.rel, _unexpected(exc)),
+    )
     work: list[tuple[str, Any]] = (
         [("projection", f) for f in projections]
         + [("series", s) for s in series]
@@ -340,13 +392,18 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
                 _ingest_series(item, writer, cfg)
             else:
                 _ingest_nifti(item, writer)
-        except Rejected as exc:
+        except Exception as exc:
+            error = exc if isinstance(exc, Rejected) else _unexpected(exc)
             if kind == "series":
                 members = [f.rel for f in item]
                 for rel in members:
-                    audit.reject(rel, f"series of {len(members)} file(s) rejected: {exc}")
+                    audit.reject(
+                        rel,
+                        f"series of {len(members)} file(s) rejected: {error.reason}",
+                        error.detail,
+                    )
             else:
-                audit.reject(item.rel if kind == "projection" else item, str(exc))
+                audit.reject_error(item.rel if kind == "projection" else item, error)
 
     for key, rows in annotations.boxes.items():
         if f"boxes:{key}" not in writer.used_sources:
@@ -362,14 +419,11 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
     audit.write(out_dir / "audit.csv")
     seconds = time.perf_counter() - started
     if not writer.manifest:
-        raise IngestError(
-            f"no usable image under {input_root}: all {len(files)} file(s) rejected, "
-            f"see {out_dir / 'audit.csv'}"
-        )
+        return None
     write_manifest(writer.manifest, out_dir / "manifest.parquet")
     write_boxes(writer.boxes, out_dir / "boxes.parquet")
     kinds = [row["kind"] for row in writer.manifest]
-    summary = {
+    return {
         "files_seen": len(files),
         "files_accepted": writer.accepted_files,
         "files_rejected": len({r["source"] for r in audit.rows} & {rel for _, rel in files}),
@@ -384,4 +438,3 @@ def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[
         "files_per_second": round(len(files) / seconds, 2) if seconds > 0 else 0.0,
         "megabytes_per_second": round(n_bytes / 1e6 / seconds, 2) if seconds > 0 else 0.0,
     }
-    return summary

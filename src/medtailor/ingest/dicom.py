@@ -9,13 +9,13 @@ share a volume. Slices are ordered by their position along the slice normal.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from medtailor.ingest.audit import Rejected
@@ -58,11 +58,7 @@ class DicomFile:
 
     @property
     def is_projection(self) -> bool:
-        return (
-            self.modality in PROJECTION_MODALITIES
-            or self.orientation is None
-            or self.position is None
-        )
+        return self.modality in PROJECTION_MODALITIES
 
     @property
     def folder(self) -> str:
@@ -135,14 +131,32 @@ def _check_pixel_bytes(ds: Dataset, path: Path) -> None:
         )
 
 
-def read_dicom_header(path: Path, rel: str) -> tuple[DicomFile, Dataset]:
-    """Triage one file; raise Rejected with the reason when it cannot be an image."""
+def read_dataset(path: Path) -> Dataset:
+    """The file's header (large values deferred); Rejected when pydicom cannot parse it."""
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size="256 KB")
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise Rejected(f"not readable as DICOM ({type(exc).__name__}: {exc})") from exc
+        return pydicom.dcmread(path, force=True, defer_size="256 KB")
     except Exception as exc:  # pydicom raises many kinds on corrupt bytes
-        raise Rejected(f"not readable as DICOM ({type(exc).__name__}: {exc})") from exc
+        raise Rejected("not readable as DICOM", f"{type(exc).__name__}: {exc}") from exc
+
+
+def identifiers_of(ds: Dataset) -> list[str]:
+    """The identifying header values a file carries, whatever becomes of the file: a value
+    that cannot even be read is skipped, never fatal."""
+    found = []
+    for tag in IDENTIFIER_TAGS:
+        try:
+            value = _text(ds, tag)
+        except Exception:  # a malformed element: nothing readable to redact
+            continue
+        if value:
+            found.append(value)
+    return found
+
+
+def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[DicomFile, Dataset]:
+    """Triage one file (its dataset ``ds`` when already read); raise Rejected with the
+    reason when it cannot be an image."""
+    ds = read_dataset(path) if ds is None else ds
     meta = getattr(ds, "file_meta", None)
     media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     if media_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
@@ -166,7 +180,7 @@ def read_dicom_header(path: Path, rel: str) -> tuple[DicomFile, Dataset]:
     except (AttributeError, TypeError, ValueError) as exc:
         raise Rejected("no Rows/Columns: image size unknown") from exc
 
-    identifiers = [_text(ds, tag) for tag in IDENTIFIER_TAGS if _text(ds, tag)]
+    identifiers = identifiers_of(ds)
     patient_id, name, birth = (
         _text(ds, t) for t in ("PatientID", "PatientName", "PatientBirthDate")
     )
@@ -194,10 +208,25 @@ def read_dicom_header(path: Path, rel: str) -> tuple[DicomFile, Dataset]:
             orientation = None
     spacing, _ = pixel_spacing(ds)
     position = _floats(ds, "ImagePositionPatient", 3)
+    modality = _text(ds, "Modality").upper() or "OT"
+    if modality not in PROJECTION_MODALITIES and (orientation is None or position is None):
+        missing = " and ".join(
+            name
+            for name, value in (
+                ("ImageOrientationPatient", orientation),
+                ("ImagePositionPatient", position),
+            )
+            if value is None
+        )
+        raise Rejected(
+            f"{modality} slice without a usable {missing}: its place in a volume is unknown "
+            f"(only projection modalities, {', '.join(sorted(PROJECTION_MODALITIES))}, are "
+            "ingested as 2D radiographs)"
+        )
     record = DicomFile(
         path=path,
         rel=rel,
-        modality=_text(ds, "Modality").upper() or "OT",
+        modality=modality,
         sop_class=sop_class,
         sop_instance=_text(ds, "SOPInstanceUID"),
         patient_key=patient_key,
@@ -234,10 +263,18 @@ def series_key(f: DicomFile) -> tuple:
     )
 
 
-def group_series(files: list[DicomFile]) -> list[list[DicomFile]]:
+def group_series(
+    files: list[DicomFile], on_error: Callable[[DicomFile, Exception], None]
+) -> list[list[DicomFile]]:
+    """Files grouped by series key; a file whose key cannot be formed goes to ``on_error``."""
     groups: dict[tuple, list[DicomFile]] = defaultdict(list)
     for f in files:
-        groups[series_key(f)].append(f)
+        try:
+            key = series_key(f)
+        except Exception as exc:  # a malformed value in one header stops only that file
+            on_error(f, exc)
+            continue
+        groups[key].append(f)
     return [
         sorted(g, key=lambda f: f.rel)
         for _, g in sorted(groups.items(), key=lambda kv: kv[1][0].rel)
@@ -255,7 +292,9 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
             else "unknown"
         )
         name = pydicom.uid.UID(str(syntax)).name if syntax != "unknown" else syntax
-        raise Rejected(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
+        raise Rejected(
+            f"cannot decode pixel data ({name})", f"{type(exc).__name__}: {exc}"
+        ) from exc
     if stored.ndim != 2:
         raise Rejected(f"unexpected pixel array shape {stored.shape}")
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)

@@ -30,7 +30,7 @@ def load_nifti_checked(path: Path, integer: bool = False) -> tuple[np.ndarray, n
         image = nib.load(str(path))
         shape = tuple(int(v) for v in image.shape)
     except Exception as exc:  # nibabel raises several types on corrupt headers
-        raise Rejected(f"not readable as NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise Rejected("not readable as NIfTI", f"{type(exc).__name__}: {exc}") from exc
     if not shape or any(v == 0 for v in shape):
         raise Rejected(f"zero-sized axis in shape {shape}")
     squeezed = _squeeze_trailing(shape)
@@ -44,7 +44,7 @@ def load_nifti_checked(path: Path, integer: bool = False) -> tuple[np.ndarray, n
     try:
         raw = np.asanyarray(image.dataobj)
     except Exception as exc:
-        raise Rejected(f"cannot read voxel data ({type(exc).__name__}: {exc})") from exc
+        raise Rejected("cannot read voxel data", f"{type(exc).__name__}: {exc}") from exc
     data = np.asarray(raw).reshape(squeezed)
     if np.issubdtype(data.dtype, np.floating) or not integer:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(squeezed)

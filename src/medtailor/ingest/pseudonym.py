@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
-PREFIX = {"patient": "P", "study": "S", "series": "R", "image": "I", "lesion": "L"}
+# X: a redacted path component (rows of the audit stay distinguishable).
+PREFIX = {
+    "patient": "P",
+    "study": "S",
+    "series": "R",
+    "image": "I",
+    "lesion": "L",
+    "component": "X",
+}
 
 
 class Pseudonymizer:
@@ -29,5 +37,7 @@ class Pseudonymizer:
         return cls(salt)
 
     def __call__(self, kind: str, value: str) -> str:
-        digest = hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        # surrogateescape: file names that are not UTF-8 (kept by the OS as escapes) hash too.
+        message = f"{kind}\x00{value}".encode("utf-8", "surrogateescape")
+        digest = hmac.new(self._key, message, hashlib.sha256).hexdigest()
         return f"{PREFIX[kind]}{digest[:16]}"

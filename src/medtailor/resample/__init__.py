@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.imageio import clear_outputs, load_nifti, save_nifti
+from medtailor.imageio import load_nifti, save_nifti, staged_folder
 from medtailor.resample.resampling import grid_map, lowres_axis, resample_image, resample_labels
 from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import (
@@ -25,16 +25,17 @@ from medtailor.tables import (
     write_manifest,
 )
 
-OUTPUT_CHILDREN = ["images", "labels", "manifest.parquet", "boxes.parquet"]
-
 
 def run_resample(input_dir: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-    cfg = params["resample"]
+    """Resample every image of the ingest outputs; ``out_dir`` is replaced only once the new
+    outputs are complete."""
+    with staged_folder(out_dir) as staging:
+        return _resample(input_dir, staging, params["resample"])
+
+
+def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     manifest = read_manifest(input_dir / "manifest.parquet")
     boxes = read_boxes(input_dir / "boxes.parquet")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out_dir, OUTPUT_CHILDREN)
-
     started = time.perf_counter()
     rows, new_boxes = [], []
     voxels_in = voxels_out = 0
