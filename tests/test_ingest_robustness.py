@@ -159,3 +159,73 @@ def test_a_ct_slice_without_a_position_is_not_a_radiograph(tmp_path, params):
     rel = slices[0].relative_to(raw).as_posix()
     (reason,) = audit.loc[audit["source"] == rel, "reason"]
     assert reason.startswith("CT slice without a usable ImagePositionPatient")
+
+
+def mutations(data: bytes, rng) -> list[tuple[str, bytes]]:
+    """Corruptions of one good file: truncations, byte flips in the header and the pixels,
+    and a numeric element whose value is not a number (a wrong VR's value)."""
+    cut = int(rng.integers(8, len(data)))
+    flips = bytearray(data)
+    for position in rng.integers(128, min(len(data), 2048), 12):
+        flips[position] ^= 0xFF
+    pixels = bytearray(data)
+    for position in rng.integers(len(data) // 2, len(data), 12):
+        pixels[position] ^= 0x5A
+    return [
+        ("cut", data[:cut]),
+        ("header_flip", bytes(flips)),
+        ("pixel_flip", bytes(pixels)),
+    ]
+
+
+def test_fuzzed_files_all_land_in_the_manifest_or_the_audit(tmp_path, params):
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    good = tmp_path / "good"
+    for k in range(6):
+        write_radiograph(good / f"xr{k}.dcm", monochrome1=bool(k % 2), slope=1, intercept=0, seed=k)
+    slices = write_series(good / "ct", ct_volume(seed=5), affine_for("axial"), seed=5)
+    sources = [*sorted(good.glob("*.dcm")), *slices[:4]]
+    sources += [
+        Path(get_testdata_file(n)) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")
+    ]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for source in sources:
+        for name, data in mutations(source.read_bytes(), rng):
+            (raw / f"{source.stem}_{name}.dcm").write_bytes(data)
+        for keyword, value in (("Rows", "abc"), ("NumberOfFrames", "1A"), ("PixelSpacing", "x")):
+            ds = pydicom.dcmread(source, force=True)
+            ds[keyword] = pydicom.DataElement(keyword, "LO", value)  # a number's tag as text
+            ds.save_as(raw / f"{source.stem}_{keyword}.dcm")
+    shutil.copytree(good / "ct", raw / "ct_intact")
+    files = sorted(p for p in raw.rglob("*") if p.is_file())
+    assert len(files) >= 60
+    summary, audit, _ = ingest(raw, tmp_path / "out", params)
+    # Every file is accounted for, as ingested or with a reason, and the intact series is in.
+    assert summary["files_seen"] == len(files)
+    assert summary["files_accepted"] + summary["files_rejected"] == len(files)
+    assert summary["volumes"] >= 1 and audit["reason"].str.len().min() > 0
+
+
+def test_an_uncalibrated_radiograph_says_what_it_found_or_takes_the_assumed_spacing(
+    tmp_path, params
+):
+    raw = tmp_path / "raw"
+    _, _, ds = write_radiograph(raw / "cr.dcm", monochrome1=False, slope=1, intercept=0)
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = [0, 0]  # older CR: "0\0"
+    ds.save_as(raw / "cr.dcm")
+    write_radiograph(raw / "dx.dcm", monochrome1=False, slope=1, intercept=0, seed=1)
+    _, audit, manifest = ingest(raw, tmp_path / "out", params)
+    (reason,) = audit.loc[audit["source"] == "cr.dcm", "reason"]
+    assert "PixelSpacing '0.0\\0.0'" in reason and "no ImagerPixelSpacing" in reason
+    assert "ingest.assumed_radiograph_spacing_mm" in reason
+    assert manifest["spacing_source"].tolist() == ["ImagerPixelSpacing"]
+
+    params["ingest"]["assumed_radiograph_spacing_mm"] = 0.15
+    _, audit, manifest = ingest(raw, tmp_path / "out", params)
+    assumed = manifest.set_index("source").loc["cr.dcm"]
+    assert assumed["spacing_source"] == "assumed" and list(assumed["spacing"]) == [0.15, 0.15]
+    assert audit.empty

@@ -24,6 +24,7 @@ MANIFEST_COLUMNS = [
     "ndim",
     "shape",
     "spacing",
+    "spacing_source",
     "orientation",
     "affine",
     "image_path",

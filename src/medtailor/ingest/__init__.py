@@ -114,6 +114,7 @@ class _Writer:
         keys: Iterable[str],
         source_format: str,
         n_files: int,
+        spacing_source: str,
         transfer_syntax: str = "",
         photometric: str = "",
     ) -> None:
@@ -157,6 +158,7 @@ class _Writer:
                 "ndim": ndim,
                 "shape": [int(v) for v in array.shape],
                 "spacing": list(affine_spacing(affine, ndim)),
+                "spacing_source": spacing_source,
                 "orientation": orientation_code(affine, ndim),
                 "affine": [float(v) for v in np.asarray(affine).ravel()],
                 "image_path": image_rel,
@@ -218,14 +220,14 @@ def _subject_of_dicom(f: DicomFile) -> _Subject:
     return _Subject(f.patient_key, f.patient_key_source, f.study_key)
 
 
-def _ingest_projection(f: DicomFile, writer: _Writer) -> None:
+def _ingest_projection(f: DicomFile, writer: _Writer, cfg: dict[str, Any]) -> None:
     image_id = writer.pseudo(
         "image", f"sop:{f.sop_instance}" if f.sop_instance else f"file:{f.rel}"
     )
     if image_id in writer.image_ids:
         raise Rejected("duplicate of an image already ingested (same SOPInstanceUID)")
     ds = pydicom.dcmread(f.path, force=True)
-    array, affine = load_projection(f, ds)
+    array, affine, spacing_source = load_projection(f, ds, cfg["assumed_radiograph_spacing_mm"])
     writer.emit(
         image_id=image_id,
         series_id=writer.pseudo(
@@ -240,6 +242,7 @@ def _ingest_projection(f: DicomFile, writer: _Writer) -> None:
         keys=[f.rel],
         source_format="dicom",
         n_files=1,
+        spacing_source=spacing_source,
         transfer_syntax=f.transfer_syntax,
         photometric=f.photometric,
     )
@@ -275,6 +278,7 @@ def _ingest_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]
         keys=[*folders, *(f.rel for f in series)],
         source_format="dicom",
         n_files=len(stack.slices),
+        spacing_source=series[0].spacing_source,
         transfer_syntax=series[0].transfer_syntax,
         photometric=series[0].photometric,
     )
@@ -301,6 +305,7 @@ def _ingest_nifti(rel: str, writer: _Writer) -> None:
         keys=[rel],
         source_format="nifti",
         n_files=1,
+        spacing_source="NIfTI affine",
     )
 
 
@@ -387,7 +392,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     for kind, item in tqdm(work, desc="ingest: convert", unit="image"):
         try:
             if kind == "projection":
-                _ingest_projection(item, writer)
+                _ingest_projection(item, writer, cfg)
             elif kind == "series":
                 _ingest_series(item, writer, cfg)
             else:

@@ -52,6 +52,7 @@ class DicomFile:
     orientation: tuple[float, ...] | None
     position: tuple[float, float, float] | None
     pixel_spacing: tuple[float, float] | None  # (between rows, between columns), mm
+    spacing_source: str  # the attribute that gave pixel_spacing, or what was found instead
     transfer_syntax: str
     photometric: str
     identifiers: list[str]
@@ -109,6 +110,21 @@ def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
     if spacing and min(spacing) > 0:
         return (spacing[0], spacing[1]), "NominalScannedPixelSpacing"
     return None, ""
+
+
+SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def spacing_found(ds: Dataset) -> str:
+    """What the spacing attributes hold, for a reason: "PixelSpacing '0\\0', ..."."""
+    found = []
+    for tag in SPACING_TAGS:
+        try:
+            value = _text(ds, tag)
+        except Exception:  # a malformed value: say so rather than fail
+            value = "<unreadable>"
+        found.append(f"{tag} '{value}'" if value else f"no {tag}")
+    return ", ".join(found)
 
 
 def _check_pixel_bytes(ds: Dataset, path: Path) -> None:
@@ -206,7 +222,7 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
             and np.isclose(np.linalg.norm(col_dir), 1, atol=1e-2)
         ):
             orientation = None
-    spacing, _ = pixel_spacing(ds)
+    spacing, spacing_source = pixel_spacing(ds)
     position = _floats(ds, "ImagePositionPatient", 3)
     modality = _text(ds, "Modality").upper() or "OT"
     if modality not in PROJECTION_MODALITIES and (orientation is None or position is None):
@@ -239,6 +255,7 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
         orientation=orientation,
         position=position,  # type: ignore[arg-type]
         pixel_spacing=spacing,
+        spacing_source=spacing_source or spacing_found(ds),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
         photometric=_text(ds, "PhotometricInterpretation"),
         identifiers=identifiers,
@@ -309,13 +326,25 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     return values
 
 
-def load_projection(record: DicomFile, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """A 2D image indexed (column, row) and its planar affine."""
-    if record.pixel_spacing is None:
-        raise Rejected("no PixelSpacing or ImagerPixelSpacing: cannot place the image in mm")
+def load_projection(
+    record: DicomFile, ds: Dataset, assumed_spacing_mm: float | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """A 2D image indexed (column, row), its planar affine and where its spacing came from.
+
+    Without a calibrated spacing (none, or ``0\\0`` as older CR writes) the image is
+    rejected with what was found, unless ``assumed_spacing_mm`` is given (then "assumed").
+    """
+    spacing, source = record.pixel_spacing, record.spacing_source
+    if spacing is None:
+        if assumed_spacing_mm is None:
+            raise Rejected(
+                f"no usable pixel spacing ({record.spacing_source}): cannot place the image "
+                "in mm; set ingest.assumed_radiograph_spacing_mm to accept such images"
+            )
+        spacing, source = (float(assumed_spacing_mm),) * 2, "assumed"
     pixels = decode_pixels(ds)
-    row_spacing, col_spacing = record.pixel_spacing
-    return pixels.T, planar_affine((col_spacing, row_spacing))
+    row_spacing, col_spacing = spacing
+    return pixels.T, planar_affine((col_spacing, row_spacing)), source
 
 
 @dataclass
