@@ -35,11 +35,13 @@ def test_evidence_counts_positives_patients_and_detector_recall_per_split():
             "kind": "radiograph",
         }
     )
-    table = evidence_table(index, lesions, "radiograph").set_index("split")
+    # b1 and b3 have positive patches; b4 is overlapped by a candidate that is the best
+    # match of another box (found all the same); b2 and b5 are missed.
+    table = evidence_table(index, lesions, "radiograph", {"b1", "b3", "b4"}).set_index("split")
     assert table.loc["train", "positive_patches"] == 2
     assert table.loc["train", "patients_with_positives"] == 1
     assert table.loc["train", "detector_recall"] == 0.5  # b1 found, b2 missed
-    assert table.loc["val", "detector_recall"] == 0.5
+    assert table.loc["val", "detector_recall"] == 1.0
     assert table.loc["test", "positive_patches"] == 0 and table.loc["test", "detector_recall"] == 0
 
     warnings = evidence_warnings(
@@ -48,6 +50,11 @@ def test_evidence_counts_positives_patients_and_detector_recall_per_split():
     assert any(w.startswith("val: 1 positive patch") for w in warnings)
     assert any(w.startswith("test: 0 patient(s) with a positive") for w in warnings)
     assert not any(w.startswith("train") for w in warnings)
+    assert not any("found" in w for w in warnings)  # every validation lesion found
+    table.loc["val", "detector_recall"] = 0.5
+    warnings = evidence_warnings(
+        table.reset_index(), {"min_positive_patches": 2, "min_patients_with_positives": 1}
+    )
     assert any("found 50% of 2 lesions (1 missed)" in w for w in warnings)
     lenient = evidence_warnings(
         table.reset_index(), {"min_positive_patches": 0, "min_patients_with_positives": 0}

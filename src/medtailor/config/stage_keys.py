@@ -41,7 +41,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "patches": ("patches", "detector.radiograph.intensity", "detector.volume.intensity"),
     "train": ("seed", "train", "models.{model}", "compute.gpus"),
-    "evaluate": ("seed", "evaluate"),
+    # patches.positive_iou: the evidence table's detector recall, as the patches stage counts it.
+    "evaluate": ("seed", "evaluate", "patches.positive_iou"),
 }
 ALWAYS_VISIBLE = ("tracking",)
 

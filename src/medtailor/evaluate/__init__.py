@@ -35,6 +35,7 @@ from medtailor.evaluate.classification import (
 from medtailor.evaluate.detection import candidate_hits, froc_summary
 from medtailor.evaluate.evidence import evidence_table, evidence_warnings
 from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
+from medtailor.patches import lesions_found
 from medtailor.patches.store import PatchStore
 from medtailor.split import manifest_with_split
 from medtailor.tables import read_boxes
@@ -240,7 +241,9 @@ def run_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
     detection = detection_inputs(resample_dir, split_csv, store.index, "radiograph", cfg["froc"])
-    evidence = split_evidence(resample_dir, split_csv, store.index, cfg["evidence"])
+    evidence = split_evidence(
+        resample_dir, split_csv, store.index, cfg["evidence"], params["patches"]["positive_iou"]
+    )
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     detector_froc, detector_curve = froc_summary(
         detection["candidates"],
@@ -302,14 +305,14 @@ def run_evaluate(
 
 
 def split_evidence(
-    resample_dir: Path, split_csv: Path, index: pd.DataFrame, cfg: dict
+    resample_dir: Path, split_csv: Path, index: pd.DataFrame, cfg: dict, positive_iou: float
 ) -> dict[str, Any]:
     """The evidence table of the radiograph patches and its warnings (logged as well)."""
     manifest = manifest_with_split(resample_dir, split_csv)
-    lesions = read_boxes(resample_dir / "boxes.parquet").merge(
-        manifest[["image_id", "split", "kind"]], on="image_id"
-    )
-    table = evidence_table(index, lesions, "radiograph")
+    truths = read_boxes(resample_dir / "boxes.parquet")
+    lesions = truths.merge(manifest[["image_id", "split", "kind"]], on="image_id")
+    found = lesions_found(index, truths, manifest, float(positive_iou))
+    table = evidence_table(index, lesions, "radiograph", found)
     warnings = evidence_warnings(table, cfg)
     for warning in warnings:
         log.warning("little evidence: %s", warning)

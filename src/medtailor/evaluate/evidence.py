@@ -10,20 +10,22 @@ import pandas as pd
 SPLITS = ("train", "val", "test")
 
 
-def evidence_table(index: pd.DataFrame, lesions: pd.DataFrame, kind: str) -> pd.DataFrame:
+def evidence_table(
+    index: pd.DataFrame, lesions: pd.DataFrame, kind: str, found: set[str]
+) -> pd.DataFrame:
     """One row per split: patients, patches, positive patches, patients with a positive
-    patch, lesions and the share of them the detector found (a positive patch, i.e. a
-    candidate above ``patches.min_score`` with IoU above ``patches.positive_iou``).
+    patch, lesions and the share of them the detector found.
 
     ``index`` is the patch store's index; ``lesions`` the ground-truth boxes (``box_id``)
-    with the ``split`` and ``kind`` of their image.
+    with the ``split`` and ``kind`` of their image; ``found`` the boxes a kept candidate
+    overlaps with IoU above ``patches.positive_iou`` (the patches stage's recall).
     """
     rows = []
     for split in SPLITS:
         patches = index[(index["split"] == split) & (index["kind"] == kind)]
         positive = patches[patches["label"] == 1]
         boxes = lesions[(lesions["split"] == split) & (lesions["kind"] == kind)]
-        found = boxes["box_id"].isin(set(positive["gt_id"]))
+        hit = boxes["box_id"].isin(found)
         rows.append(
             {
                 "split": split,
@@ -32,7 +34,7 @@ def evidence_table(index: pd.DataFrame, lesions: pd.DataFrame, kind: str) -> pd.
                 "positive_patches": len(positive),
                 "patients_with_positives": positive["patient_id"].nunique(),
                 "lesions": len(boxes),
-                "detector_recall": float(found.mean()) if len(boxes) else float("nan"),
+                "detector_recall": float(hit.mean()) if len(boxes) else float("nan"),
             }
         )
     return pd.DataFrame(rows)
