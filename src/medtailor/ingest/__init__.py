@@ -35,6 +35,13 @@ from medtailor.ingest.dicom import (
     read_dicom_header,
     series_key,
 )
+from medtailor.ingest.imagefiles import (
+    is_detached_data,
+    is_radiograph_file,
+    is_volume_file,
+    load_radiograph_file,
+    load_volume_file,
+)
 from medtailor.ingest.nifti import align_label, is_nifti, load_nifti_checked
 from medtailor.ingest.pseudonym import Pseudonymizer
 from medtailor.spatial import affine_spacing, orientation_code
@@ -284,29 +291,97 @@ def _ingest_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]
     )
 
 
-def _ingest_nifti(rel: str, writer: _Writer) -> None:
-    array, affine = load_nifti_checked(writer.root / rel)
+def _subject_of_file(rel: str, writer: _Writer, by_folder: bool) -> _Subject:
+    """Patient and study of an image file: its row in subjects.csv; else, with
+    ``by_folder``, its folder (one folder per patient and study, as radiograph datasets
+    ship), or the file alone."""
     patient, study = writer.annotations.subjects.get(rel, ("", ""))
     if patient:
-        subject = _Subject(
-            f"id:{patient}", "subjects.csv", f"uid:{study}" if study else f"file:{rel}"
-        )
-    else:
-        subject = _Subject("", "file", f"file:{rel}")
+        return _Subject(f"id:{patient}", "subjects.csv", f"uid:{study}" if study else f"file:{rel}")
+    folder = str(PurePosixPath(rel).parent)
+    if by_folder and folder != ".":
+        return _Subject(f"folder:{folder}", "folder", f"folder:{folder}")
+    return _Subject("", "file", f"file:{rel}")
+
+
+def _ingest_file_image(
+    rel: str,
+    writer: _Writer,
+    array: np.ndarray,
+    affine: np.ndarray,
+    *,
+    source_format: str,
+    spacing_source: str,
+    by_folder: bool,
+    photometric: str = "",
+    n_files: int = 1,
+) -> None:
     writer.emit(
-        image_id=writer.pseudo("image", f"nifti:{rel}"),
-        series_id=writer.pseudo("series", f"nifti:{rel}"),
-        subject=subject,
+        image_id=writer.pseudo("image", f"{source_format}:{rel}"),
+        series_id=writer.pseudo("series", f"{source_format}:{rel}"),
+        subject=_subject_of_file(rel, writer, by_folder),
         array=array,
         affine=affine,
-        modality="NIFTI",
+        modality=source_format.upper(),
         kind="volume" if array.ndim == 3 else "radiograph",
         source=rel,
         keys=[rel],
-        source_format="nifti",
-        n_files=1,
-        spacing_source="NIfTI affine",
+        source_format=source_format,
+        n_files=n_files,
+        spacing_source=spacing_source,
+        photometric=photometric,
     )
+
+
+def _ingest_nifti(rel: str, writer: _Writer, cfg: dict[str, Any]) -> None:
+    array, affine = load_nifti_checked(writer.root / rel)
+    _ingest_file_image(
+        rel,
+        writer,
+        array,
+        affine,
+        source_format="nifti",
+        spacing_source="NIfTI affine",
+        by_folder=False,
+    )
+
+
+def _ingest_image_file(rel: str, writer: _Writer, cfg: dict[str, Any]) -> None:
+    array, affine, note = load_radiograph_file(
+        writer.root / rel, cfg["assumed_radiograph_spacing_mm"]
+    )
+    _ingest_file_image(
+        rel,
+        writer,
+        array,
+        affine,
+        source_format="image",
+        spacing_source="assumed",
+        by_folder=True,
+        photometric=note,
+    )
+
+
+def _ingest_volume_file(rel: str, writer: _Writer, cfg: dict[str, Any]) -> None:
+    array, affine = load_volume_file(writer.root / rel)
+    detached = rel.lower().endswith((".mhd", ".nhdr"))
+    _ingest_file_image(
+        rel,
+        writer,
+        array,
+        affine,
+        source_format="metaimage",
+        spacing_source="image header",
+        by_folder=False,
+        n_files=2 if detached else 1,
+    )
+
+
+FILE_READERS = {
+    "nifti": _ingest_nifti,
+    "image": _ingest_image_file,
+    "volume_file": _ingest_volume_file,
+}
 
 
 def run_ingest(input_root: Path, out_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
@@ -336,14 +411,29 @@ def _unexpected(exc: Exception) -> Rejected:
     return Rejected("unexpected error, please report it", f"{type(exc).__name__}: {exc}")
 
 
-def _triage(files: list[tuple[Path, str]], audit: Audit) -> tuple[list[DicomFile], list[str]]:
+def file_format(rel: str) -> str | None:
+    """The reader of a file that is not DICOM (by its suffix), or None."""
+    if is_nifti(rel):
+        return "nifti"
+    if is_radiograph_file(rel):
+        return "image"
+    if is_volume_file(rel):
+        return "volume_file"
+    return None
+
+
+def _triage(
+    files: list[tuple[Path, str]], audit: Audit
+) -> tuple[list[DicomFile], list[tuple[str, str]]]:
     """Header-level triage of every file; identifiers are collected from every header
-    pydicom can parse, whether the file is then used or rejected."""
+    pydicom can parse, whether the file is then used or rejected. Files of other formats
+    (NIfTI, image files, MetaImage/NRRD) are returned as (reader, path)."""
     dicoms: list[DicomFile] = []
-    niftis: list[str] = []
+    others: list[tuple[str, str]] = []
     for path, rel in tqdm(files, desc="ingest: triage", unit="file"):
-        if is_nifti(rel):
-            niftis.append(rel)
+        reader = file_format(rel)
+        if reader is not None:
+            others.append((reader, rel))
             continue
         try:
             ds = read_dataset(path)
@@ -356,7 +446,7 @@ def _triage(files: list[tuple[Path, str]], audit: Audit) -> tuple[list[DicomFile
             audit.reject_error(rel, _unexpected(exc))
             continue
         dicoms.append(record)
-    return dicoms, niftis
+    return dicoms, others
 
 
 def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -364,6 +454,8 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     pseudo = Pseudonymizer.from_params(cfg)
     audit = Audit(pseudonym=lambda component: pseudo("component", component))
     annotations = load_annotations(input_root, cfg["annotations"], audit)
+    # Patients named in subjects.csv are identifiers like DICOM's PatientID.
+    audit.remember_identifiers(patient for patient, _ in annotations.subjects.values())
     writer = _Writer(
         input_root,
         out_dir,
@@ -373,11 +465,13 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         box_table=cfg["annotations"]["boxes"],
     )
 
-    files = discover(input_root, annotations.files)
+    found = discover(input_root, annotations.files)
+    rels = {rel for _, rel in found}
+    files = [(path, rel) for path, rel in found if not is_detached_data(rel, rels)]
     audit.remember_paths(rel for _, rel in files)
     audit.remember_paths({str(PurePosixPath(rel).parent) for _, rel in files} - {"."})
     n_bytes = sum(path.stat().st_size for path, _ in files)
-    dicoms, niftis = _triage(files, audit)
+    dicoms, others = _triage(files, audit)
 
     projections = [f for f in dicoms if f.is_projection]
     series = group_series(
@@ -385,9 +479,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         lambda f, exc: audit.reject_error(f.rel, _unexpected(exc)),
     )
     work: list[tuple[str, Any]] = (
-        [("projection", f) for f in projections]
-        + [("series", s) for s in series]
-        + [("nifti", rel) for rel in niftis]
+        [("projection", f) for f in projections] + [("series", s) for s in series] + others
     )
     for kind, item in tqdm(work, desc="ingest: convert", unit="image"):
         try:
@@ -396,7 +488,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
             elif kind == "series":
                 _ingest_series(item, writer, cfg)
             else:
-                _ingest_nifti(item, writer)
+                FILE_READERS[kind](item, writer, cfg)
         except Exception as exc:
             error = exc if isinstance(exc, Rejected) else _unexpected(exc)
             if kind == "series":
