@@ -105,3 +105,29 @@ def test_a_metaimage_volume_keeps_its_geometry_through_resample(tmp_path, params
         np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
     resampled = run_resample(tmp_path / "ingest", tmp_path / "resample", params)
     assert resampled["volumes"] == 2
+
+
+def test_a_4d_nifti_is_a_multichannel_volume_resampled_channel_by_channel(tmp_path, params):
+    import nibabel as nib
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(2)
+    channels = rng.normal(size=(2, 20, 18, 8)).astype(np.float32)  # e.g. FLAIR and T1
+    affine = np.diag([0.9, 0.9, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.moveaxis(channels, 0, -1), affine), raw / "mr.nii.gz")
+    nib.save(nib.Nifti1Image(channels[1], affine), raw / "second.nii.gz")  # channel 2 alone
+    run_ingest(raw, tmp_path / "ingest", params)
+    manifest = pd.read_parquet(tmp_path / "ingest" / "manifest.parquet").set_index("source")
+    assert (
+        manifest.loc["mr.nii.gz", "channels"] == 2
+        and manifest.loc["second.nii.gz", "channels"] == 1
+    )
+    assert list(manifest.loc["mr.nii.gz", "shape"]) == [20, 18, 8]
+    assert manifest.loc["mr.nii.gz", "kind"] == "volume"
+    run_resample(tmp_path / "ingest", tmp_path / "resample", params)
+    resampled = pd.read_parquet(tmp_path / "resample" / "manifest.parquet").set_index("source")
+    both, _ = load_nifti(tmp_path / "resample" / resampled.loc["mr.nii.gz", "image_path"])
+    alone, _ = load_nifti(tmp_path / "resample" / resampled.loc["second.nii.gz", "image_path"])
+    assert both.shape == (*resampled.loc["mr.nii.gz", "shape"], 2)
+    np.testing.assert_allclose(both[..., 1], alone, atol=1e-5)

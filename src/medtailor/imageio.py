@@ -84,6 +84,12 @@ def load_nifti(path: str | Path, dtype: type | None = np.float32) -> tuple[np.nd
     return np.asarray(array), np.asarray(image.affine, float)
 
 
+def first_channel(array: np.ndarray, ndim: int) -> np.ndarray:
+    """The first channel of a multi-channel image (channels last), the image itself
+    otherwise: the detector and the patches read one channel."""
+    return array[..., 0] if array.ndim > ndim else array
+
+
 def compact_dtype(array: np.ndarray) -> np.ndarray:
     """int16 when every value is an integer that fits (lossless and half the size), else float32."""
     if array.size and np.all(np.isfinite(array)):

@@ -23,6 +23,7 @@ MANIFEST_COLUMNS = [
     "kind",
     "ndim",
     "shape",
+    "channels",
     "spacing",
     "spacing_source",
     "orientation",

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtailor.imageio import load_nifti
+from medtailor.imageio import first_channel, load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.tables import box_columns, read_boxes
 
@@ -33,6 +33,7 @@ def load_detection_images(
     for _, row in rows.iterrows():
         array, affine = load_nifti(resample_dir / row["image_path"])
         ndim = int(row["ndim"])
+        array = first_channel(array, ndim)
         own = boxes.loc[boxes["image_id"] == row["image_id"], box_columns(ndim)].to_numpy(float)
         scaled = scale_intensity(array, intensity_bounds(array, intensity))
         images.append(DetectionImage(row["image_id"], scaled, own.reshape(-1, 2 * ndim), affine))

@@ -129,20 +129,23 @@ class _Writer:
         patient_key = subject.patient_key or f"study:{subject.study_key}"
         patient_id = self.pseudo("patient", patient_key)
         study_id = self.pseudo("study", f"{patient_key}|{subject.study_key}")
-        ndim = array.ndim
+        # A multi-channel volume (4D NIfTI: channels last) is a 3D image of several channels.
+        channels = int(array.shape[3]) if array.ndim == 4 else 1
+        ndim = min(array.ndim, 3)
+        spatial_shape = tuple(int(v) for v in array.shape[:ndim])
         image_rel = f"images/{image_id}.nii.gz"
         save_nifti(self.out / image_rel, compact_dtype(array), affine)
 
         label_rel = ""
         label_key = next((k for k in keys if k in self.annotations.labels), None)
         if label_key is not None:
-            label_rel = self._write_label(image_id, label_key, array.shape, affine)
+            label_rel = self._write_label(image_id, label_key, spatial_shape, affine)
 
         n_boxes = 0
         for key in keys:
             for box in self.annotations.boxes.get(key, []):
                 self.used_sources.add(f"boxes:{key}")
-                clipped = self._check_box(box, array.shape, key)
+                clipped = self._check_box(box, spatial_shape, key)
                 if clipped is not None:
                     n_boxes += 1
                     box_id = f"{image_id}-b{n_boxes}"
@@ -163,7 +166,8 @@ class _Writer:
                 "modality": modality,
                 "kind": kind,
                 "ndim": ndim,
-                "shape": [int(v) for v in array.shape],
+                "shape": list(spatial_shape),
+                "channels": channels,
                 "spacing": list(affine_spacing(affine, ndim)),
                 "spacing_source": spacing_source,
                 "orientation": orientation_code(affine, ndim),
@@ -323,7 +327,7 @@ def _ingest_file_image(
         array=array,
         affine=affine,
         modality=source_format.upper(),
-        kind="volume" if array.ndim == 3 else "radiograph",
+        kind="volume" if array.ndim >= 3 else "radiograph",
         source=rel,
         keys=[rel],
         source_format=source_format,

@@ -25,7 +25,9 @@ def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def load_nifti_checked(path: Path, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 2D/3D NIfTI and check it is usable; raise Rejected with the reason otherwise."""
+    """Load a 2D/3D NIfTI, or a 4D one as a multi-channel volume (channels last, as the
+    Medical Segmentation Decathlon stores its MR modalities; not for label maps), and check
+    it is usable; raise Rejected with the reason otherwise."""
     try:
         image = nib.load(str(path))
         shape = tuple(int(v) for v in image.shape)
@@ -34,8 +36,12 @@ def load_nifti_checked(path: Path, integer: bool = False) -> tuple[np.ndarray, n
     if not shape or any(v == 0 for v in shape):
         raise Rejected(f"zero-sized axis in shape {shape}")
     squeezed = _squeeze_trailing(shape)
-    if len(squeezed) > 3:
-        raise Rejected(f"{len(squeezed)}-D image {shape}: only 2D and 3D images are ingested")
+    if len(squeezed) > (3 if integer else 4):
+        raise Rejected(
+            f"{len(squeezed)}-D {'label map' if integer else 'image'} {shape}: only 2D, 3D "
+            + ("" if integer else "and 4D (channels last) ")
+            + "images are ingested"
+        )
     if len(squeezed) < 2:
         raise Rejected(f"{len(squeezed)}-D image {shape}: not an image")
     affine = np.asarray(image.affine, float)

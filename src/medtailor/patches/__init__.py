@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.imageio import load_nifti
+from medtailor.imageio import first_channel, load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
 from medtailor.patches.labelling import best_match, clip_boxes, iou_matrix, label_by_iou
@@ -110,6 +110,7 @@ def run_patches(
         row = by_id.loc[image_id]
         ndim, kind = int(row["ndim"]), row["kind"]
         image, _ = load_nifti(resample_dir / row["image_path"])
+        image = first_channel(image, ndim)
         intensity = params["detector"][kind]["intensity"]
         scaled = scale_intensity(image, intensity_bounds(image, intensity))
         for _, patch in group.iterrows():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -44,17 +45,26 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
         image, affine = load_nifti(input_dir / row["image_path"])
         spacing = affine_spacing(manifest_affine(row), ndim)
         target = cfg["spacing_mm"] if ndim == 3 else cfg["radiograph_spacing_mm"]
-        gmap = grid_map(image.shape, spacing, target)
+        gmap = grid_map(image.shape[:ndim], spacing, target)
         separate = lowres_axis(spacing, float(cfg["anisotropy_threshold"]))
-        resampled = resample_image(
-            image,
-            gmap,
-            order=int(cfg["order"]),
-            separate_axis=separate,
-            order_separate=int(cfg["order_lowres_axis"]),
-            progress=image.size > 2e7,
-            antialias=bool(cfg["antialias"]),
+        # Each channel of a multi-channel volume (channels last) on the same grid.
+        channels = [image] if image.ndim == ndim else np.moveaxis(image, -1, 0)
+        resampled = np.stack(
+            [
+                resample_image(
+                    channel,
+                    gmap,
+                    order=int(cfg["order"]),
+                    separate_axis=separate,
+                    order_separate=int(cfg["order_lowres_axis"]),
+                    progress=channel.size > 2e7,
+                    antialias=bool(cfg["antialias"]),
+                )
+                for channel in channels
+            ],
+            axis=-1,
         )
+        resampled = resampled[..., 0] if image.ndim == ndim else resampled
         new_affine = gmap.target_affine(affine)
         image_rel = f"images/{row['image_id']}.nii.gz"
         save_nifti(out_dir / image_rel, resampled, new_affine)
