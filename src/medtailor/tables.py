@@ -31,6 +31,8 @@ MANIFEST_COLUMNS = [
     "image_path",
     "label_path",
     "n_boxes",
+    "volume_index",
+    "varies",
     "source",
     "source_format",
     "n_files",

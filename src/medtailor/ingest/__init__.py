@@ -30,10 +30,13 @@ from medtailor.ingest.dicom import (
     group_series,
     identifiers_of,
     load_projection,
+    load_wrapped_volumes,
     order_slices,
     read_dataset,
     read_dicom_header,
     series_key,
+    volume_order,
+    what_varies,
 )
 from medtailor.ingest.imagefiles import (
     is_detached_data,
@@ -124,6 +127,8 @@ class _Writer:
         spacing_source: str,
         transfer_syntax: str = "",
         photometric: str = "",
+        volume_index: int = 0,
+        varies: str = "",
     ) -> None:
         keys = list(dict.fromkeys(keys))
         patient_key = subject.patient_key or f"study:{subject.study_key}"
@@ -170,6 +175,8 @@ class _Writer:
                 "channels": channels,
                 "spacing": list(affine_spacing(affine, ndim)),
                 "spacing_source": spacing_source,
+                "volume_index": volume_index,
+                "varies": varies,
                 "orientation": orientation_code(affine, ndim),
                 "affine": [float(v) for v in np.asarray(affine).ravel()],
                 "image_path": image_rel,
@@ -260,39 +267,86 @@ def _ingest_projection(f: DicomFile, writer: _Writer, cfg: dict[str, Any]) -> No
 
 
 def _ingest_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]) -> None:
+    """A series of single-frame files: one volume, or one per image at each position."""
     stack = order_slices(series, int(cfg["min_slices"]), float(cfg["slice_spacing_tolerance"]))
-    planes = []
-    for f in stack.slices:
-        planes.append(decode_pixels(pydicom.dcmread(f.path, force=True)).T)
-    by_rel = {f.rel: i for i, f in enumerate(stack.slices)}
+    volumes = []
+    for files in stack.volumes:
+        planes = [decode_pixels(pydicom.dcmread(f.path, force=True)).T for f in files]
+        volumes.append((np.stack(planes, axis=-1), stack.affine))
+    first_planes = {f.rel: volumes[0][0][..., k] for k, f in enumerate(stack.volumes[0])}
     for extra, original in stack.duplicates:
         twin = decode_pixels(pydicom.dcmread(extra.path, force=True)).T
-        if not np.array_equal(twin, planes[by_rel[original.rel]]):
+        if not np.array_equal(twin, first_planes[original.rel]):
             raise Rejected(
-                f"two different images at one slice position ({extra.rel} and {original.rel})"
+                f"two different images at one slice position ({extra.rel} and {original.rel}), "
+                "and not the same number of images at every position (a multi-volume series)"
             )
         writer.audit.reject(
             extra.rel, f"duplicate slice of {original.rel} (same position and pixels); dropped"
         )
-    volume = np.stack(planes, axis=-1)
+    _emit_volumes(volumes, series, writer, cfg, stack.varies, len(stack.slices))
+
+
+def _ingest_wrapped_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]) -> None:
+    """Siemens mosaics or enhanced multi-frame files of one series: each file holds one or
+    more volumes (read through nibabel), files ordered as volumes are."""
+    files = sorted(series, key=volume_order)
+    volumes = [volume for f in files for volume in load_wrapped_volumes(f.path)]
+    varies = what_varies(files) if len(files) > 1 else ("frame set" if len(volumes) > 1 else "")
+    _emit_volumes(volumes, series, writer, cfg, varies, len(files))
+
+
+def _emit_volumes(
+    volumes: list[tuple[np.ndarray, np.ndarray]],
+    series: list[DicomFile],
+    writer: _Writer,
+    cfg: dict[str, Any],
+    varies: str,
+    n_files: int,
+) -> None:
+    """Write a series' volumes: one image each (``ingest.multivolume: split``, the default,
+    so every later stage sees 3D images) or one 4D image (``4d``, as dcm2niix writes)."""
     key = series_key(series[0])
     folders = sorted({f.folder for f in series})
-    writer.emit(
-        image_id=writer.pseudo("image", f"series:{key!r}"),
-        series_id=writer.pseudo("series", repr(key)),
-        subject=_subject_of_dicom(series[0]),
-        array=volume,
-        affine=stack.affine,
-        modality=series[0].modality,
-        kind="volume",
-        source=folders[0] if len(folders) == 1 else ";".join(folders),
-        keys=[*folders, *(f.rel for f in series)],
-        source_format="dicom",
-        n_files=len(stack.slices),
-        spacing_source=series[0].spacing_source,
-        transfer_syntax=series[0].transfer_syntax,
-        photometric=series[0].photometric,
-    )
+    common: dict[str, Any] = {
+        "series_id": writer.pseudo("series", repr(key)),
+        "subject": _subject_of_dicom(series[0]),
+        "modality": series[0].modality,
+        "kind": "volume",
+        "source": folders[0] if len(folders) == 1 else ";".join(folders),
+        "keys": [*folders, *(f.rel for f in series)],
+        "source_format": "dicom",
+        "n_files": n_files,
+        "spacing_source": series[0].spacing_source,
+        "transfer_syntax": series[0].transfer_syntax,
+        "photometric": series[0].photometric,
+        "varies": varies,
+    }
+    if len(volumes) > 1 and cfg["multivolume"] == "4d":
+        affine = volumes[0][1]
+        if any(not np.allclose(a, affine, atol=1e-3) for _, a in volumes):
+            raise Rejected(
+                f"the {len(volumes)} volumes of this series differ in geometry: they cannot "
+                "be one 4D image (use ingest.multivolume: split)"
+            )
+        stacked = np.stack([array for array, _ in volumes], axis=-1)
+        writer.emit(
+            image_id=writer.pseudo("image", f"series:{key!r}"),
+            array=stacked,
+            affine=affine,
+            volume_index=-1,
+            **common,
+        )
+        return
+    for index, (array, affine) in enumerate(volumes):
+        name = f"series:{key!r}" if len(volumes) == 1 else f"series:{key!r}:volume{index}"
+        writer.emit(
+            image_id=writer.pseudo("image", name),
+            array=array,
+            affine=affine,
+            volume_index=index,
+            **common,
+        )
 
 
 def _subject_of_file(rel: str, writer: _Writer, by_folder: bool) -> _Subject:
@@ -478,12 +532,15 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     dicoms, others = _triage(files, audit)
 
     projections = [f for f in dicoms if f.is_projection]
-    series = group_series(
+    grouped = group_series(
         [f for f in dicoms if not f.is_projection],
         lambda f, exc: audit.reject_error(f.rel, _unexpected(exc)),
     )
     work: list[tuple[str, Any]] = (
-        [("projection", f) for f in projections] + [("series", s) for s in series] + others
+        [("projection", f) for f in projections]
+        + [("series", s) for s in grouped if s[0].layout == "single"]
+        + [("wrapped", s) for s in grouped if s[0].layout != "single"]
+        + others
     )
     for kind, item in tqdm(work, desc="ingest: convert", unit="image"):
         try:
@@ -491,11 +548,13 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
                 _ingest_projection(item, writer, cfg)
             elif kind == "series":
                 _ingest_series(item, writer, cfg)
+            elif kind == "wrapped":
+                _ingest_wrapped_series(item, writer, cfg)
             else:
                 FILE_READERS[kind](item, writer, cfg)
         except Exception as exc:
             error = exc if isinstance(exc, Rejected) else _unexpected(exc)
-            if kind == "series":
+            if kind in ("series", "wrapped"):
                 members = [f.rel for f in item]
                 for rel in members:
                     audit.reject(

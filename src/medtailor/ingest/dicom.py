@@ -56,6 +56,15 @@ class DicomFile:
     transfer_syntax: str
     photometric: str
     identifiers: list[str]
+    # "single" (one 2D image), "mosaic" (Siemens: slices tiled in one image) or
+    # "multiframe" (enhanced: frames with per-frame geometry); the latter two are read
+    # through nibabel's wrappers.
+    layout: str = "single"
+    # What orders the volumes of a multi-volume series (several images per position).
+    temporal_position: float | None = None
+    acquisition_number: float | None = None
+    b_value: float | None = None
+    instance_number: float | None = None
 
     @property
     def is_projection(self) -> bool:
@@ -64,6 +73,22 @@ class DicomFile:
     @property
     def folder(self) -> str:
         return str(PurePosixPath(self.rel).parent)
+
+
+def _multi(ds: Dataset, keyword: str) -> list:
+    value = ds.get(keyword, [])
+    if value is None:
+        return []
+    return list(value) if isinstance(value, pydicom.multival.MultiValue | list) else [value]
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """A numeric attribute, or None when absent or not a number."""
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -189,8 +214,17 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
             f"colour image ({_text(ds, 'PhotometricInterpretation')}, "
             f"{ds.get('SamplesPerPixel')} samples/pixel): only grayscale is ingested"
         )
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise Rejected(f"multi-frame image ({ds.NumberOfFrames} frames) is not supported yet")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise Rejected(f"NumberOfFrames {_text(ds, 'NumberOfFrames')!r} is not a number") from exc
+    image_type = [str(v).upper() for v in _multi(ds, "ImageType")]
+    layout = "mosaic" if "MOSAIC" in image_type else "multiframe" if frames > 1 else "single"
+    if layout == "multiframe" and "PerFrameFunctionalGroupsSequence" not in ds:
+        raise Rejected(
+            f"multi-frame image ({frames} frames) without per-frame functional groups: "
+            "the frames' geometry is unknown (only enhanced multi-frame objects are read)"
+        )
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError) as exc:
@@ -225,7 +259,14 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
     spacing, spacing_source = pixel_spacing(ds)
     position = _floats(ds, "ImagePositionPatient", 3)
     modality = _text(ds, "Modality").upper() or "OT"
-    if modality not in PROJECTION_MODALITIES and (orientation is None or position is None):
+    if layout == "multiframe" and modality in PROJECTION_MODALITIES:
+        raise Rejected(f"multi-frame {modality} image ({frames} frames): only single frames are 2D")
+    volume_wise = layout != "single" and modality not in PROJECTION_MODALITIES
+    if (
+        not volume_wise
+        and modality not in PROJECTION_MODALITIES
+        and (orientation is None or position is None)
+    ):
         missing = " and ".join(
             name
             for name, value in (
@@ -256,6 +297,11 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
         position=position,  # type: ignore[arg-type]
         pixel_spacing=spacing,
         spacing_source=spacing_source or spacing_found(ds),
+        layout=layout,
+        temporal_position=_number(ds, "TemporalPositionIdentifier"),
+        acquisition_number=_number(ds, "AcquisitionNumber"),
+        b_value=_number(ds, "DiffusionBValue"),
+        instance_number=_number(ds, "InstanceNumber"),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
         photometric=_text(ds, "PhotometricInterpretation"),
         identifiers=identifiers,
@@ -272,6 +318,7 @@ def series_key(f: DicomFile) -> tuple:
         f.study_key,
         series,
         f.series_number,
+        f.layout,
         f.modality,
         f.rows,
         f.columns,
@@ -347,37 +394,75 @@ def load_projection(
     return pixels.T, planar_affine((col_spacing, row_spacing)), source
 
 
+VOLUME_ORDER = (
+    ("TemporalPositionIdentifier", "temporal_position"),
+    ("AcquisitionNumber", "acquisition_number"),
+    ("DiffusionBValue", "b_value"),
+    ("InstanceNumber", "instance_number"),
+)
+
+
+def volume_order(f: DicomFile) -> tuple:
+    """Sort key of the images at one position (or of the files of a series read volume by
+    volume): temporal position, acquisition number, b-value, instance number, path."""
+    return (
+        *(v if (v := getattr(f, field)) is not None else -1.0 for _, field in VOLUME_ORDER),
+        f.rel,
+    )
+
+
+def what_varies(files: list[DicomFile]) -> str:
+    """The first attribute of VOLUME_ORDER whose values differ among ``files``."""
+    for keyword, field in VOLUME_ORDER:
+        if len({getattr(f, field) for f in files}) > 1:
+            return keyword
+    return "file order"
+
+
 @dataclass
 class SliceStack:
-    """A checked, ordered series: slices, the files dropped as duplicates, and the geometry."""
+    """A checked, ordered series: its volumes (one list of slices each, one volume unless
+    several images share every position), the files dropped as duplicates, what varies
+    between volumes, and the geometry."""
 
-    slices: list[DicomFile]
+    volumes: list[list[DicomFile]]
     duplicates: list[tuple[DicomFile, DicomFile]]
     affine: np.ndarray
+    varies: str = ""
+
+    @property
+    def slices(self) -> list[DicomFile]:
+        return [f for volume in self.volumes for f in volume]
 
 
 def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> SliceStack:
-    """Sort along the normal, drop exact duplicates, and check the stack is gap-free."""
+    """Sort along the normal, split a multi-volume series (the same number of images at
+    every position: fMRI, DWI, field maps) into its volumes, drop exact duplicates, and
+    check the stack is gap-free."""
     first = series[0]
     if first.pixel_spacing is None:
         raise Rejected("series has no PixelSpacing: cannot place its slices in mm")
     row_dir, col_dir = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
     normal = np.cross(row_dir, col_dir)
-    positions = np.array([f.position for f in series], float)
-    depth = positions @ normal
+    depth = np.array([f.position for f in series], float) @ normal
     order = np.argsort(depth, kind="stable")
-    ordered = [series[i] for i in order]
-    depth, positions = depth[order], positions[order]
-
-    kept, duplicates = [0], []
-    for i in range(1, len(ordered)):
-        if abs(depth[i] - depth[kept[-1]]) < 1e-3:
-            original, extra = ordered[kept[-1]], ordered[i]
-            duplicates.append((extra, original))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and abs(depth[i] - depth[groups[-1][0]]) < 1e-3:
+            groups[-1].append(int(i))
         else:
-            kept.append(i)
-    slices = [ordered[i] for i in kept]
-    positions = positions[kept]
+            groups.append([int(i)])
+    counts = {len(g) for g in groups}
+    duplicates, varies = [], ""
+    if len(counts) == 1 and counts.pop() > 1 and len(groups) > 1:
+        at_position = [sorted((series[i] for i in g), key=volume_order) for g in groups]
+        volumes = [list(volume) for volume in zip(*at_position, strict=True)]
+        varies = what_varies(at_position[0])
+    else:
+        volumes = [[series[g[0]] for g in groups]]
+        duplicates = [(series[i], series[g[0]]) for g in groups for i in g[1:]]
+    slices = volumes[0]
+    positions = np.array([f.position for f in slices], float)
     if len(slices) < min_slices:
         raise Rejected(
             f"series of {len(slices)} slice(s) at distinct positions: "
@@ -395,4 +480,38 @@ def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> 
             f"(tolerance {tolerance:.0%})"
         )
     affine = dicom_affine_ras(positions[0], first.orientation, first.pixel_spacing, step)
-    return SliceStack(slices=slices, duplicates=duplicates, affine=affine)
+    return SliceStack(volumes=volumes, duplicates=duplicates, affine=affine, varies=varies)
+
+
+def load_wrapped_volumes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 3D volumes (indexed column, row, slice) and RAS affines of a Siemens mosaic or
+    an enhanced multi-frame file, through nibabel's DICOM wrappers (mosaic tiles and CSA
+    slice normal; per-frame functional groups). A 4D frame set gives several volumes."""
+    from nibabel.nicom import dicomwrappers
+
+    ds = pydicom.dcmread(path, force=True)
+    try:
+        wrapper = dicomwrappers.wrapper_from_data(ds)
+        if not isinstance(wrapper, dicomwrappers.MosaicWrapper | dicomwrappers.MultiframeWrapper):
+            raise Rejected("neither a mosaic nor an enhanced multi-frame image")
+        data = np.asarray(wrapper.get_data(), np.float64)
+        lps = np.asarray(wrapper.affine, float)
+    except Rejected:
+        raise
+    except Exception as exc:  # nibabel raises its own kinds on inconsistent frames
+        raise Rejected(
+            "cannot read the volume of this mosaic/multi-frame file", f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise Rejected(f"multi-frame data of shape {data.shape}: not one or more 3D volumes")
+    # nibabel indexes (row, column, slice); the pipeline (column, row, slice).
+    swap = np.eye(4)[:, [1, 0, 2, 3]]
+    affine = LPS_TO_RAS_4 @ lps @ swap
+    return [(data[..., v].transpose(1, 0, 2), affine) for v in range(data.shape[3])]
+
+
+LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
