@@ -38,6 +38,7 @@ bench: setup
 	python bench/train_overhead.py
 	python bench/evaluate_bench.py
 	python bench/calibration.py
+	python bench/ingest_vs_dcm2niix.py
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -229,3 +229,23 @@ def test_an_uncalibrated_radiograph_says_what_it_found_or_takes_the_assumed_spac
     assumed = manifest.set_index("source").loc["cr.dcm"]
     assert assumed["spacing_source"] == "assumed" and list(assumed["spacing"]) == [0.15, 0.15]
     assert audit.empty
+
+
+def test_decoding_in_worker_processes_changes_nothing(synth_dir, tmp_path, params):
+    import pickle
+
+    from medtailor.ingest.audit import Rejected
+
+    outputs = {}
+    for workers in (1, 2):
+        params["ingest"]["workers"] = workers
+        run_ingest(synth_dir, tmp_path / f"w{workers}", params)
+        outputs[workers] = {
+            p.relative_to(tmp_path / f"w{workers}"): p.read_bytes()
+            for p in (tmp_path / f"w{workers}").rglob("*")
+            if p.is_file()
+        }
+    assert outputs[1] == outputs[2]
+    # A failure crosses the process boundary with its library detail kept apart (redacted).
+    back = pickle.loads(pickle.dumps(Rejected("cannot decode", "ValueError: 'Doe^John'")))
+    assert (back.reason, back.detail) == ("cannot decode", "ValueError: 'Doe^John'")

@@ -25,8 +25,9 @@ from medtailor.imageio import compact_dtype, save_nifti, staged_folder
 from medtailor.ingest.annotations import Annotations, load_annotations
 from medtailor.ingest.audit import Audit, Rejected, printable
 from medtailor.ingest.dicom import (
+    Decoder,
     DicomFile,
-    decode_pixels,
+    decoded,
     group_series,
     identifiers_of,
     load_projection,
@@ -238,14 +239,30 @@ def _subject_of_dicom(f: DicomFile) -> _Subject:
     return _Subject(f.patient_key, f.patient_key_source, f.study_key)
 
 
-def _ingest_projection(f: DicomFile, writer: _Writer, cfg: dict[str, Any]) -> None:
+PROJECTION_BATCH = 64
+
+
+def _ingest_projections(
+    batch: list[DicomFile], writer: _Writer, cfg: dict[str, Any], decoder: Decoder
+) -> None:
+    """Radiographs, decoded together (in the decoder's workers), then written one by one;
+    a file that fails is audited alone."""
+    for f, result in zip(batch, decoder.decode([f.path for f in batch]), strict=True):
+        try:
+            _ingest_projection(f, decoded(result), writer, cfg)
+        except Exception as exc:
+            writer.audit.reject_error(f.rel, exc if isinstance(exc, Rejected) else _unexpected(exc))
+
+
+def _ingest_projection(
+    f: DicomFile, pixels: np.ndarray, writer: _Writer, cfg: dict[str, Any]
+) -> None:
     image_id = writer.pseudo(
         "image", f"sop:{f.sop_instance}" if f.sop_instance else f"file:{f.rel}"
     )
     if image_id in writer.image_ids:
         raise Rejected("duplicate of an image already ingested (same SOPInstanceUID)")
-    ds = pydicom.dcmread(f.path, force=True)
-    array, affine, spacing_source = load_projection(f, ds, cfg["assumed_radiograph_spacing_mm"])
+    array, affine, spacing_source = load_projection(f, pixels, cfg["assumed_radiograph_spacing_mm"])
     writer.emit(
         image_id=image_id,
         series_id=writer.pseudo(
@@ -266,17 +283,22 @@ def _ingest_projection(f: DicomFile, writer: _Writer, cfg: dict[str, Any]) -> No
     )
 
 
-def _ingest_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]) -> None:
+def _ingest_series(
+    series: list[DicomFile], writer: _Writer, cfg: dict[str, Any], decoder: Decoder
+) -> None:
     """A series of single-frame files: one volume, or one per image at each position."""
     stack = order_slices(series, int(cfg["min_slices"]), float(cfg["slice_spacing_tolerance"]))
-    volumes = []
-    for files in stack.volumes:
-        planes = [decode_pixels(pydicom.dcmread(f.path, force=True)).T for f in files]
-        volumes.append((np.stack(planes, axis=-1), stack.affine))
-    first_planes = {f.rel: volumes[0][0][..., k] for k, f in enumerate(stack.volumes[0])}
+    files = [f for volume in stack.volumes for f in volume] + [e for e, _ in stack.duplicates]
+    planes = {
+        f.rel: decoded(result).T
+        for f, result in zip(files, decoder.decode([f.path for f in files]), strict=True)
+    }
+    volumes = [
+        (np.stack([planes[f.rel] for f in volume], axis=-1), stack.affine)
+        for volume in stack.volumes
+    ]
     for extra, original in stack.duplicates:
-        twin = decode_pixels(pydicom.dcmread(extra.path, force=True)).T
-        if not np.array_equal(twin, first_planes[original.rel]):
+        if not np.array_equal(planes[extra.rel], planes[original.rel]):
             raise Rejected(
                 f"two different images at one slice position ({extra.rel} and {original.rel}), "
                 "and not the same number of images at every position (a multi-volume series)"
@@ -507,6 +529,36 @@ def _triage(
     return dicoms, others
 
 
+def _convert(
+    work: list[tuple[str, Any]], writer: _Writer, cfg: dict[str, Any], decoder: Decoder
+) -> None:
+    """Turn every work item into images; any failure becomes audit rows of its files."""
+    audit = writer.audit
+    for kind, item in tqdm(work, desc="ingest: convert", unit="item"):
+        try:
+            if kind == "projections":
+                _ingest_projections(item, writer, cfg, decoder)
+            elif kind == "series":
+                _ingest_series(item, writer, cfg, decoder)
+            elif kind == "wrapped":
+                _ingest_wrapped_series(item, writer, cfg)
+            else:
+                FILE_READERS[kind](item, writer, cfg)
+        except Exception as exc:
+            error = exc if isinstance(exc, Rejected) else _unexpected(exc)
+            if kind in ("series", "wrapped"):
+                members = [f.rel for f in item]
+                for rel in members:
+                    audit.reject(
+                        rel,
+                        f"series of {len(members)} file(s) rejected: {error.reason}",
+                        error.detail,
+                    )
+            else:
+                for rel in [f.rel for f in item] if kind == "projections" else [item]:
+                    audit.reject_error(rel, error)
+
+
 def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     started = time.perf_counter()
     pseudo = Pseudonymizer.from_params(cfg)
@@ -537,33 +589,19 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         lambda f, exc: audit.reject_error(f.rel, _unexpected(exc)),
     )
     work: list[tuple[str, Any]] = (
-        [("projection", f) for f in projections]
+        [
+            ("projections", projections[k : k + PROJECTION_BATCH])
+            for k in range(0, len(projections), PROJECTION_BATCH)
+        ]
         + [("series", s) for s in grouped if s[0].layout == "single"]
         + [("wrapped", s) for s in grouped if s[0].layout != "single"]
         + others
     )
-    for kind, item in tqdm(work, desc="ingest: convert", unit="image"):
-        try:
-            if kind == "projection":
-                _ingest_projection(item, writer, cfg)
-            elif kind == "series":
-                _ingest_series(item, writer, cfg)
-            elif kind == "wrapped":
-                _ingest_wrapped_series(item, writer, cfg)
-            else:
-                FILE_READERS[kind](item, writer, cfg)
-        except Exception as exc:
-            error = exc if isinstance(exc, Rejected) else _unexpected(exc)
-            if kind in ("series", "wrapped"):
-                members = [f.rel for f in item]
-                for rel in members:
-                    audit.reject(
-                        rel,
-                        f"series of {len(members)} file(s) rejected: {error.reason}",
-                        error.detail,
-                    )
-            else:
-                audit.reject_error(item.rel if kind == "projection" else item, error)
+    decoder = Decoder(int(cfg["workers"]))
+    try:
+        _convert(work, writer, cfg, decoder)
+    finally:
+        decoder.close()
 
     for key, rows in annotations.boxes.items():
         if f"boxes:{key}" not in writer.used_sources:

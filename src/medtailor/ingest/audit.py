@@ -30,6 +30,11 @@ class Rejected(Exception):
         super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason, self.detail = reason, detail
 
+    def __reduce__(self) -> tuple:
+        # Crosses process boundaries (ingest.workers) with reason and detail kept apart, so
+        # the detail is still redacted as a library's message.
+        return (Rejected, (self.reason, self.detail))
+
 
 def printable(name: str) -> str:
     """A file name as text that any encoder accepts: bytes that were not UTF-8 (kept by the

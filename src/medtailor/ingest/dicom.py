@@ -154,7 +154,8 @@ def spacing_found(ds: Dataset) -> str:
 
 def _check_pixel_bytes(ds: Dataset, path: Path) -> None:
     """Catch truncated files at triage, before they can disturb series grouping."""
-    element = ds.get_item("PixelData")
+    # keep_deferred: the declared length and file offset, without reading the pixels.
+    element = ds.get_item("PixelData", keep_deferred=True)
     length = getattr(element, "length", None)
     if length is None or length == 0xFFFFFFFF:  # encapsulated: the decoder checks it
         return
@@ -175,7 +176,9 @@ def _check_pixel_bytes(ds: Dataset, path: Path) -> None:
 def read_dataset(path: Path) -> Dataset:
     """The file's header (large values deferred); Rejected when pydicom cannot parse it."""
     try:
-        return pydicom.dcmread(path, force=True, defer_size="256 KB")
+        # Header only: every value over 1 KB (pixel data above all) is left on disk, its
+        # length and offset kept for the truncation check.
+        return pydicom.dcmread(path, force=True, defer_size="1 KB")
     except Exception as exc:  # pydicom raises many kinds on corrupt bytes
         raise Rejected("not readable as DICOM", f"{type(exc).__name__}: {exc}") from exc
 
@@ -374,9 +377,10 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
 
 
 def load_projection(
-    record: DicomFile, ds: Dataset, assumed_spacing_mm: float | None = None
+    record: DicomFile, pixels: np.ndarray, assumed_spacing_mm: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """A 2D image indexed (column, row), its planar affine and where its spacing came from.
+    """A 2D image indexed (column, row) from its decoded ``pixels``, its planar affine and
+    where its spacing came from.
 
     Without a calibrated spacing (none, or ``0\\0`` as older CR writes) the image is
     rejected with what was found, unless ``assumed_spacing_mm`` is given (then "assumed").
@@ -389,9 +393,42 @@ def load_projection(
                 "in mm; set ingest.assumed_radiograph_spacing_mm to accept such images"
             )
         spacing, source = (float(assumed_spacing_mm),) * 2, "assumed"
-    pixels = decode_pixels(ds)
     row_spacing, col_spacing = spacing
     return pixels.T, planar_affine((col_spacing, row_spacing)), source
+
+
+def decode_file(path: Path) -> np.ndarray | Exception:
+    """``decode_pixels`` of one file, the failure returned rather than raised (it runs in
+    worker processes and must come back whole)."""
+    try:
+        return decode_pixels(pydicom.dcmread(path, force=True))
+    except Exception as exc:
+        return exc
+
+
+class Decoder:
+    """Decodes pixel data of many files, in ``workers`` processes when above 1."""
+
+    def __init__(self, workers: int) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def decode(self, paths: list[Path]) -> list[np.ndarray | Exception]:
+        if self.pool is None:
+            return [decode_file(path) for path in paths]
+        return list(self.pool.map(decode_file, paths, chunksize=max(1, len(paths) // 32)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def decoded(result: np.ndarray | Exception) -> np.ndarray:
+    """The array of a ``Decoder`` result, or its failure raised."""
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 VOLUME_ORDER = (

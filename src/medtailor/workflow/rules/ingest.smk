@@ -8,7 +8,7 @@ rule ingest:
         "logs/ingest.log",
     conda:
         ENV
-    threads: 1
+    threads: config["ingest"]["workers"]
     resources:
         mem_mb=8000,
         runtime=120,
