@@ -521,34 +521,104 @@ def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> 
 
 
 def load_wrapped_volumes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The 3D volumes (indexed column, row, slice) and RAS affines of a Siemens mosaic or
-    an enhanced multi-frame file, through nibabel's DICOM wrappers (mosaic tiles and CSA
-    slice normal; per-frame functional groups). A 4D frame set gives several volumes."""
+    """The 3D volumes (indexed column, row, slice) and RAS affines of a Siemens mosaic
+    (through nibabel's wrapper: tiles and the CSA slice normal) or an enhanced multi-frame
+    file (from its per-frame functional groups)."""
     from nibabel.nicom import dicomwrappers
 
     ds = pydicom.dcmread(path, force=True)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return load_enhanced_volumes(ds)
     try:
         wrapper = dicomwrappers.wrapper_from_data(ds)
-        if not isinstance(wrapper, dicomwrappers.MosaicWrapper | dicomwrappers.MultiframeWrapper):
+        if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
             raise Rejected("neither a mosaic nor an enhanced multi-frame image")
         data = np.asarray(wrapper.get_data(), np.float64)
         lps = np.asarray(wrapper.affine, float)
     except Rejected:
         raise
-    except Exception as exc:  # nibabel raises its own kinds on inconsistent frames
+    except Exception as exc:  # nibabel raises its own kinds on inconsistent mosaics
         raise Rejected(
-            "cannot read the volume of this mosaic/multi-frame file", f"{type(exc).__name__}: {exc}"
+            "cannot read the volume of this mosaic", f"{type(exc).__name__}: {exc}"
         ) from exc
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim == 3:
-        data = data[..., None]
-    if data.ndim != 4:
-        raise Rejected(f"multi-frame data of shape {data.shape}: not one or more 3D volumes")
     # nibabel indexes (row, column, slice); the pipeline (column, row, slice).
     swap = np.eye(4)[:, [1, 0, 2, 3]]
-    affine = LPS_TO_RAS_4 @ lps @ swap
-    return [(data[..., v].transpose(1, 0, 2), affine) for v in range(data.shape[3])]
+    return [(data.transpose(1, 0, 2), LPS_TO_RAS_4 @ lps @ swap)]
+
+
+IN_STACK_POSITION = 0x00209057
+
+
+def _frame_group(frame: Dataset, shared: Dataset | None, keyword: str) -> Dataset | None:
+    """A functional group of one frame: its own, else the shared one."""
+    for source in (frame, shared):
+        if source is not None and keyword in source and len(source[keyword].value):
+            return source[keyword].value[0]
+    return None
+
+
+def load_enhanced_volumes(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Volumes of an enhanced multi-frame object from its per-frame functional groups.
+
+    Frames belong to one volume when their DimensionIndexValues agree on every dimension
+    but the in-stack position (frame sets such as a field map's magnitude and phase are
+    told apart by the others); each volume is ordered along its slice normal, checked
+    for gaps, and rescaled frame by frame (RescaleSlope/Intercept of each frame: Philips
+    scales each frame set differently)."""
+    frames = ds.PerFrameFunctionalGroupsSequence
+    shared = (
+        ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    )
+    pointers = [int(d.DimensionIndexPointer) for d in ds.get("DimensionIndexSequence", [])]
+    try:
+        stored = np.asarray(ds.pixel_array, np.float64).reshape(len(frames), ds.Rows, ds.Columns)
+    except Exception as exc:
+        raise Rejected("cannot decode the frames", f"{type(exc).__name__}: {exc}") from exc
+    sets: dict[tuple, list[tuple[np.ndarray, tuple, tuple, tuple]]] = {}
+    for k, frame in enumerate(frames):
+        position = _frame_group(frame, shared, "PlanePositionSequence")
+        orientation = _frame_group(frame, shared, "PlaneOrientationSequence")
+        measures = _frame_group(frame, shared, "PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None:
+            raise Rejected(f"frame {k + 1} has no position, orientation or pixel spacing")
+        content = _frame_group(frame, None, "FrameContentSequence")
+        index = list(content.get("DimensionIndexValues", [])) if content is not None else []
+        key = tuple(v for v, p in zip(index, pointers, strict=False) if p != IN_STACK_POSITION)
+        transform = _frame_group(frame, shared, "PixelValueTransformationSequence")
+        slope = float(transform.get("RescaleSlope", 1) or 1) if transform is not None else 1.0
+        intercept = (
+            float(transform.get("RescaleIntercept", 0) or 0) if transform is not None else 0.0
+        )
+        sets.setdefault(key, []).append(
+            (
+                stored[k] * slope + intercept,
+                tuple(float(v) for v in position.ImagePositionPatient),
+                tuple(float(v) for v in orientation.ImageOrientationPatient),
+                tuple(float(v) for v in measures.PixelSpacing),
+            )
+        )
+    volumes = []
+    for key in sorted(sets):
+        planes = sets[key]
+        orientation, spacing = planes[0][2], planes[0][3]
+        normal = np.cross(orientation[:3], orientation[3:])
+        planes.sort(key=lambda plane: float(np.dot(plane[1], normal)))
+        positions = np.array([plane[1] for plane in planes])
+        if len(planes) > 1:
+            steps = np.diff(positions, axis=0)
+            step = (positions[-1] - positions[0]) / (len(planes) - 1)
+            if np.linalg.norm(steps - step, axis=1).max() > 0.05 * np.linalg.norm(step):
+                raise Rejected(f"frame set {key}: uneven spacing between its frames")
+        else:
+            step = normal * float(
+                getattr(
+                    _frame_group(frames[0], shared, "PixelMeasuresSequence"), "SliceThickness", 1
+                )
+                or 1
+            )
+        array = np.stack([plane[0].T for plane in planes], axis=-1)
+        volumes.append((array, dicom_affine_ras(positions[0], orientation, spacing, step)))
+    return volumes
 
 
 LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])
