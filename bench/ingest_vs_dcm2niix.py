@@ -75,7 +75,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
             subprocess.run(
-                ["dcm2niix", "-z", "y", "-b", "n", "-o", tmp, str(corpus)],
+                # One file per series (SeriesInstanceUID): the series share a series number.
+                ["dcm2niix", "-z", "y", "-b", "n", "-f", "%j", "-o", tmp, str(corpus)],
                 check=True,
                 capture_output=True,
             )
