@@ -93,18 +93,20 @@ def test_a_metaimage_volume_keeps_its_geometry_through_resample(tmp_path, params
     image.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1))
     sitk.WriteImage(image, str(raw / "ct.mhd"))  # header + ct.raw
     sitk.WriteImage(image, str(raw / "ct2.mha"))
+    sitk.WriteImage(image, str(raw / "ct3.nrrd"))
     summary = run_ingest(raw, tmp_path / "ingest", params)
-    assert summary["volumes"] == 2 and summary["files_seen"] == 2  # ct.raw read via ct.mhd
+    assert summary["volumes"] == 3 and summary["files_seen"] == 3  # ct.raw read via ct.mhd
     manifest = pd.read_parquet(tmp_path / "ingest" / "manifest.parquet").set_index("source")
-    array, affine = load_nifti(tmp_path / "ingest" / manifest.loc["ct.mhd", "image_path"])
-    np.testing.assert_array_equal(array, values.transpose(2, 1, 0))
-    # Corner voxels land where SimpleITK puts them (LPS there, RAS here).
-    for index in [(0, 0, 0), (15, 19, 11), (15, 0, 0), (0, 19, 11)]:
-        lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
-        ras = affine @ np.array([*index, 1.0])
-        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
+    for source in ("ct.mhd", "ct2.mha", "ct3.nrrd"):
+        array, affine = load_nifti(tmp_path / "ingest" / manifest.loc[source, "image_path"])
+        np.testing.assert_array_equal(array, values.transpose(2, 1, 0))
+        # Corner voxels land where SimpleITK puts them (LPS there, RAS here).
+        for index in [(0, 0, 0), (15, 19, 11), (15, 0, 0), (0, 19, 11)]:
+            lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
+            ras = affine @ np.array([*index, 1.0])
+            np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-4)
     resampled = run_resample(tmp_path / "ingest", tmp_path / "resample", params)
-    assert resampled["volumes"] == 2
+    assert resampled["volumes"] == 3
 
 
 def test_a_4d_nifti_is_a_multichannel_volume_resampled_channel_by_channel(tmp_path, params):
