@@ -36,8 +36,9 @@ def test_train_sees_its_own_configuration_only(repo_params):
     assert stage_keys("train", "lite0_scratch")[2] == "models.lite0_scratch"
     values = stage_values(repo_params, "train", "lite0_scratch")
     assert values["models.lite0_scratch"] == repo_params["models"]["lite0_scratch"]
-    # Without a model (e.g. `medtailor models list`) every configuration is visible.
-    assert set(stage_view(repo_params, "train")["models"]) == set(repo_params["models"])
+    # A train job always names its configuration.
+    with pytest.raises(ValueError, match="name it"):
+        stage_view(repo_params, "train")
 
 
 def test_every_declared_key_exists_in_the_shipped_params(repo_params):

@@ -349,15 +349,16 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
 
 
 def set_threads(threads: int | None) -> None:
-    """Hold the job to the cores Snakemake (``threads:``) or Slurm gave it: torch's pools,
-    and the OpenMP/BLAS pools of libraries loaded after this."""
+    """Hold the job to the cores Snakemake (``threads:``) or Slurm gave it: the OpenMP/BLAS
+    pools of the libraries a stage loads later (torch included) read these variables;
+    torch, when already loaded, is told directly. Stages that never use torch do not
+    pay for importing it."""
     if not threads:
         return
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:

@@ -89,22 +89,23 @@ def lookup(params: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def _read_keys(stage: str, model: str | None) -> list[str]:
+    keys = stage_keys(stage, model)
+    if any("{model}" in key for key in keys):
+        raise ValueError(f"medtailor {stage} reads one model configuration: name it")
+    return keys
+
+
 def stage_values(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
     """``{dotted key: value}`` of the keys ``stage`` reads: what Snakemake compares to decide
-    whether params changed (train jobs without ``model`` read every configuration)."""
-    keys = stage_keys(stage, model)
-    if model is None:
-        keys = [k for k in keys if "{model}" not in k]
-    return {key: copy.deepcopy(lookup(params, key)) for key in keys}
+    whether params changed."""
+    return {key: copy.deepcopy(lookup(params, key)) for key in _read_keys(stage, model)}
 
 
 def stage_view(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
     """The part of ``params`` that ``stage`` may read, nested as in params.yaml (plain
-    dicts: it is saved in checkpoints). Without ``model``, a train job sees every
-    configuration."""
-    keys = stage_keys(stage, model) + list(ALWAYS_VISIBLE)
-    if model is None:
-        keys = ["models" if "{model}" in k else k for k in keys]
+    dicts: it is saved in checkpoints)."""
+    keys = _read_keys(stage, model) + list(ALWAYS_VISIBLE)
     view: dict[str, Any] = {}
     for key in keys:
         *parents, last = key.split(".")

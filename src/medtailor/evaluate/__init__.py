@@ -87,14 +87,13 @@ def evaluate_model(
 
 
 def detection_inputs(
-    resample_dir: Path, split_csv: Path, index: pd.DataFrame, kind: str, cfg: dict
+    manifest: pd.DataFrame, truths: pd.DataFrame, index: pd.DataFrame, kind: str, cfg: dict
 ) -> dict:
-    """Test-split candidates with their lesion hits, the lesions and the images, for FROC."""
-    manifest = manifest_with_split(resample_dir, split_csv)
+    """Test-split candidates with their lesion hits, the lesions and the images, for FROC
+    (``manifest`` with its split column, ``truths`` the ground-truth boxes)."""
     images = manifest[(manifest["split"] == "test") & (manifest["kind"] == kind)][
         ["image_id", "study_id", "patient_id", "shape"]
     ]
-    truths = read_boxes(resample_dir / "boxes.parquet")
     truths = truths[truths["image_id"].isin(images["image_id"])]
     truths = truths.merge(images[["image_id", "study_id"]], on="image_id")
     lesions = truths.groupby("lesion_id", as_index=False)["study_id"].first()
@@ -240,9 +239,11 @@ def run_evaluate(
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
-    detection = detection_inputs(resample_dir, split_csv, store.index, "radiograph", cfg["froc"])
+    manifest = manifest_with_split(resample_dir, split_csv)
+    truths = read_boxes(resample_dir / "boxes.parquet")
+    detection = detection_inputs(manifest, truths, store.index, "radiograph", cfg["froc"])
     evidence = split_evidence(
-        resample_dir, split_csv, store.index, cfg["evidence"], params["patches"]["positive_iou"]
+        manifest, truths, store.index, cfg["evidence"], params["patches"]["positive_iou"]
     )
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     detector_froc, detector_curve = froc_summary(
@@ -305,11 +306,13 @@ def run_evaluate(
 
 
 def split_evidence(
-    resample_dir: Path, split_csv: Path, index: pd.DataFrame, cfg: dict, positive_iou: float
+    manifest: pd.DataFrame,
+    truths: pd.DataFrame,
+    index: pd.DataFrame,
+    cfg: dict,
+    positive_iou: float,
 ) -> dict[str, Any]:
     """The evidence table of the radiograph patches and its warnings (logged as well)."""
-    manifest = manifest_with_split(resample_dir, split_csv)
-    truths = read_boxes(resample_dir / "boxes.parquet")
     lesions = truths.merge(manifest[["image_id", "split", "kind"]], on="image_id")
     found = lesions_found(index, truths, manifest, float(positive_iou))
     table = evidence_table(index, lesions, "radiograph", found)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-SPLITS = ("train", "val", "test")
+from medtailor.split import SPLITS
 
 
 def evidence_table(

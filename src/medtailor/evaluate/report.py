@@ -179,7 +179,7 @@ def _figures(
     return made
 
 
-def _evidence_lines(evidence: dict, cfg: dict) -> list[str]:
+def _evidence_lines(evidence: dict) -> list[str]:
     """The evidence section: warnings first, then the counts per split."""
     lines = ["## Evidence", ""]
     if evidence["warnings"]:
@@ -232,7 +232,7 @@ def write_report(
         f"candidates are the detector's, re-scored by each classifier; a candidate hits a "
         f"lesion when its IoU exceeds {cfg['froc']['hit_iou']}, and {in_between}.",
         "",
-        *_evidence_lines(summary["evidence"], cfg),
+        *_evidence_lines(summary["evidence"]),
         "## Models (test split)",
         "",
         f"Unit: **patient**. AUC, sensitivity and specificity intervals are {level}% "

@@ -313,7 +313,8 @@ def _ingest_wrapped_series(series: list[DicomFile], writer: _Writer, cfg: dict[s
     """Siemens mosaics or enhanced multi-frame files of one series: each file holds one or
     more volumes (read through nibabel), files ordered as volumes are."""
     files = sorted(series, key=volume_order)
-    volumes = [volume for f in files for volume in load_wrapped_volumes(f.path)]
+    tolerance = float(cfg["slice_spacing_tolerance"])
+    volumes = [volume for f in files for volume in load_wrapped_volumes(f.path, tolerance)]
     varies = what_varies(files) if len(files) > 1 else ("frame set" if len(volumes) > 1 else "")
     _emit_volumes(volumes, series, writer, cfg, varies, len(files))
 

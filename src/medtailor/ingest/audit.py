@@ -49,7 +49,8 @@ def _tokens(text: str) -> set[str]:
 
 @dataclass
 class Audit:
-    pseudonym: Callable[[str], str] = field(default=lambda component: "X")
+    # Stable pseudonym of a redacted path component (a salted hash: rows stay apart).
+    pseudonym: Callable[[str], str]
     rows: list[dict[str, str]] = field(default_factory=list)
     name_tokens: set[str] = field(default_factory=set)
     whole_values: set[str] = field(default_factory=set)

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from medtailor.ingest.audit import Rejected
-from medtailor.spatial import dicom_affine_ras, planar_affine
+from medtailor.spatial import LPS_TO_RAS, dicom_affine_ras, planar_affine
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 # Projection modalities: each file is one 2D image, never part of a volume.
@@ -55,10 +55,8 @@ class DicomFile:
     spacing_source: str  # the attribute that gave pixel_spacing, or what was found instead
     transfer_syntax: str
     photometric: str
-    identifiers: list[str]
-    # "single" (one 2D image), "mosaic" (Siemens: slices tiled in one image) or
-    # "multiframe" (enhanced: frames with per-frame geometry); the latter two are read
-    # through nibabel's wrappers.
+    # "single" (one 2D image), "mosaic" (Siemens: slices tiled in one image, read through
+    # nibabel's wrapper) or "multiframe" (enhanced: frames with per-frame geometry).
     layout: str = "single"
     # What orders the volumes of a multi-volume series (several images per position).
     temporal_position: float | None = None
@@ -233,7 +231,6 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
     except (AttributeError, TypeError, ValueError) as exc:
         raise Rejected("no Rows/Columns: image size unknown") from exc
 
-    identifiers = identifiers_of(ds)
     patient_id, name, birth = (
         _text(ds, t) for t in ("PatientID", "PatientName", "PatientBirthDate")
     )
@@ -264,9 +261,9 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
     modality = _text(ds, "Modality").upper() or "OT"
     if layout == "multiframe" and modality in PROJECTION_MODALITIES:
         raise Rejected(f"multi-frame {modality} image ({frames} frames): only single frames are 2D")
-    volume_wise = layout != "single" and modality not in PROJECTION_MODALITIES
+    # Mosaic and multi-frame files carry their geometry elsewhere (CSA, functional groups).
     if (
-        not volume_wise
+        layout == "single"
         and modality not in PROJECTION_MODALITIES
         and (orientation is None or position is None)
     ):
@@ -307,7 +304,6 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
         instance_number=_number(ds, "InstanceNumber"),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
         photometric=_text(ds, "PhotometricInterpretation"),
-        identifiers=identifiers,
     )
     return record, ds
 
@@ -472,6 +468,23 @@ class SliceStack:
         return [f for volume in self.volumes for f in volume]
 
 
+def even_step(positions: np.ndarray, tolerance: float) -> np.ndarray:
+    """The mean step between sorted slice positions (LPS mm); Rejected when one step
+    deviates from it by more than ``tolerance`` (a gap, or uneven spacing)."""
+    steps = np.diff(positions, axis=0)
+    step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    deviation = np.linalg.norm(steps - step, axis=1) / np.linalg.norm(step)
+    if deviation.max() > tolerance:
+        worst = int(np.argmax(deviation))
+        sizes = np.linalg.norm(steps, axis=1)
+        raise Rejected(
+            f"gap or uneven slice spacing: slices are {np.median(sizes):.3g} mm apart but "
+            f"{sizes[worst]:.3g} mm between sorted slices {worst} and {worst + 1} "
+            f"(tolerance {tolerance:.0%})"
+        )
+    return step
+
+
 def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> SliceStack:
     """Sort along the normal, split a multi-volume series (the same number of images at
     every position: fMRI, DWI, field maps) into its volumes, drop exact duplicates, and
@@ -489,9 +502,8 @@ def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> 
             groups[-1].append(int(i))
         else:
             groups.append([int(i)])
-    counts = {len(g) for g in groups}
     duplicates, varies = [], ""
-    if len(counts) == 1 and counts.pop() > 1 and len(groups) > 1:
+    if len(groups) > 1 and len({len(g) for g in groups}) == 1 and len(groups[0]) > 1:
         at_position = [sorted((series[i] for i in g), key=volume_order) for g in groups]
         volumes = [list(volume) for volume in zip(*at_position, strict=True)]
         varies = what_varies(at_position[0])
@@ -505,30 +517,20 @@ def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> 
             f"series of {len(slices)} slice(s) at distinct positions: "
             f"a volume needs at least {min_slices}"
         )
-    steps = np.diff(positions, axis=0)
-    step = (positions[-1] - positions[0]) / (len(slices) - 1)
-    deviation = np.linalg.norm(steps - step, axis=1) / np.linalg.norm(step)
-    if deviation.max() > tolerance:
-        worst = int(np.argmax(deviation))
-        sizes = np.linalg.norm(steps, axis=1)
-        raise Rejected(
-            f"gap or uneven slice spacing: slices are {np.median(sizes):.3g} mm apart but "
-            f"{sizes[worst]:.3g} mm between sorted slices {worst} and {worst + 1} "
-            f"(tolerance {tolerance:.0%})"
-        )
+    step = even_step(positions, tolerance)
     affine = dicom_affine_ras(positions[0], first.orientation, first.pixel_spacing, step)
     return SliceStack(volumes=volumes, duplicates=duplicates, affine=affine, varies=varies)
 
 
-def load_wrapped_volumes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_wrapped_volumes(path: Path, tolerance: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """The 3D volumes (indexed column, row, slice) and RAS affines of a Siemens mosaic
     (through nibabel's wrapper: tiles and the CSA slice normal) or an enhanced multi-frame
-    file (from its per-frame functional groups)."""
+    file (from its per-frame functional groups, slice spacing checked to ``tolerance``)."""
     from nibabel.nicom import dicomwrappers
 
     ds = pydicom.dcmread(path, force=True)
     if "PerFrameFunctionalGroupsSequence" in ds:
-        return load_enhanced_volumes(ds)
+        return load_enhanced_volumes(ds, tolerance)
     try:
         wrapper = dicomwrappers.wrapper_from_data(ds)
         if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
@@ -543,7 +545,7 @@ def load_wrapped_volumes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         ) from exc
     # nibabel indexes (row, column, slice); the pipeline (column, row, slice).
     swap = np.eye(4)[:, [1, 0, 2, 3]]
-    return [(data.transpose(1, 0, 2), LPS_TO_RAS_4 @ lps @ swap)]
+    return [(data.transpose(1, 0, 2), LPS_TO_RAS @ lps @ swap)]
 
 
 IN_STACK_POSITION = 0x00209057
@@ -557,7 +559,7 @@ def _frame_group(frame: Dataset, shared: Dataset | None, keyword: str) -> Datase
     return None
 
 
-def load_enhanced_volumes(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_enhanced_volumes(ds: Dataset, tolerance: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Volumes of an enhanced multi-frame object from its per-frame functional groups.
 
     Frames belong to one volume when their DimensionIndexValues agree on every dimension
@@ -574,7 +576,7 @@ def load_enhanced_volumes(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
         stored = np.asarray(ds.pixel_array, np.float64).reshape(len(frames), ds.Rows, ds.Columns)
     except Exception as exc:
         raise Rejected("cannot decode the frames", f"{type(exc).__name__}: {exc}") from exc
-    sets: dict[tuple, list[tuple[np.ndarray, tuple, tuple, tuple]]] = {}
+    sets: dict[tuple, list[tuple[np.ndarray, tuple, tuple, tuple, float]]] = {}
     for k, frame in enumerate(frames):
         position = _frame_group(frame, shared, "PlanePositionSequence")
         orientation = _frame_group(frame, shared, "PlaneOrientationSequence")
@@ -595,30 +597,20 @@ def load_enhanced_volumes(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
                 tuple(float(v) for v in position.ImagePositionPatient),
                 tuple(float(v) for v in orientation.ImageOrientationPatient),
                 tuple(float(v) for v in measures.PixelSpacing),
+                float(measures.get("SliceThickness", 1) or 1),
             )
         )
     volumes = []
     for key in sorted(sets):
         planes = sets[key]
-        orientation, spacing = planes[0][2], planes[0][3]
+        orientation, spacing, thickness = planes[0][2], planes[0][3], planes[0][4]
         normal = np.cross(orientation[:3], orientation[3:])
         planes.sort(key=lambda plane: float(np.dot(plane[1], normal)))
         positions = np.array([plane[1] for plane in planes])
-        if len(planes) > 1:
-            steps = np.diff(positions, axis=0)
-            step = (positions[-1] - positions[0]) / (len(planes) - 1)
-            if np.linalg.norm(steps - step, axis=1).max() > 0.05 * np.linalg.norm(step):
-                raise Rejected(f"frame set {key}: uneven spacing between its frames")
-        else:
-            step = normal * float(
-                getattr(
-                    _frame_group(frames[0], shared, "PixelMeasuresSequence"), "SliceThickness", 1
-                )
-                or 1
-            )
+        try:
+            step = even_step(positions, tolerance) if len(planes) > 1 else normal * thickness
+        except Rejected as exc:
+            raise Rejected(f"frame set {key}: {exc.reason}") from exc
         array = np.stack([plane[0].T for plane in planes], axis=-1)
         volumes.append((array, dicom_affine_ras(positions[0], orientation, spacing, step)))
     return volumes
-
-
-LPS_TO_RAS_4 = np.diag([-1.0, -1.0, 1.0, 1.0])

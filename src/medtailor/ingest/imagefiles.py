@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from medtailor.ingest.audit import Rejected
-from medtailor.spatial import planar_affine
+from medtailor.spatial import LPS_TO_RAS, planar_affine
 
 RADIOGRAPH_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 # Data files a MetaImage/NRRD header points to: read through their header, never alone.
 DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".raw.gz")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def is_radiograph_file(rel: str) -> bool:
@@ -89,7 +88,7 @@ def load_volume_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = LPS_TO_RAS @ np.asarray(image.GetOrigin(), float)
-    return array, affine
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    return array, LPS_TO_RAS @ lps

@@ -49,22 +49,19 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
         separate = lowres_axis(spacing, float(cfg["anisotropy_threshold"]))
         # Each channel of a multi-channel volume (channels last) on the same grid.
         channels = [image] if image.ndim == ndim else np.moveaxis(image, -1, 0)
-        resampled = np.stack(
-            [
-                resample_image(
-                    channel,
-                    gmap,
-                    order=int(cfg["order"]),
-                    separate_axis=separate,
-                    order_separate=int(cfg["order_lowres_axis"]),
-                    progress=channel.size > 2e7,
-                    antialias=bool(cfg["antialias"]),
-                )
-                for channel in channels
-            ],
-            axis=-1,
-        )
-        resampled = resampled[..., 0] if image.ndim == ndim else resampled
+        parts = [
+            resample_image(
+                channel,
+                gmap,
+                order=int(cfg["order"]),
+                separate_axis=separate,
+                order_separate=int(cfg["order_lowres_axis"]),
+                progress=channel.size > 2e7,
+                antialias=bool(cfg["antialias"]),
+            )
+            for channel in channels
+        ]
+        resampled = parts[0] if image.ndim == ndim else np.stack(parts, axis=-1)
         new_affine = gmap.target_affine(affine)
         image_rel = f"images/{row['image_id']}.nii.gz"
         save_nifti(out_dir / image_rel, resampled, new_affine)

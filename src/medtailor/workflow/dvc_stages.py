@@ -195,17 +195,11 @@ def code_dependencies(root: Path, package: str) -> list[str]:
     """The source closure of ``package`` as DVC deps: whole stage packages as folders, other
     modules file by file, relative to the repository ``root``."""
     src = root / "src"
-    folders = {
-        path.relative_to(src / "medtailor").parts[0]
-        for path in source_closure(src, package)
-        if len(path.relative_to(src / "medtailor").parts) > 1
-    }
-    deps = {f"src/medtailor/{folder}" for folder in folders}
-    deps |= {
-        str(path.relative_to(root))
-        for path in source_closure(src, package)
-        if len(path.relative_to(src / "medtailor").parts) == 1
-    }
+    deps = set()
+    for path in source_closure(src, package):
+        parts = path.relative_to(src / "medtailor").parts
+        # A file inside a package stands for its whole package folder.
+        deps.add(f"src/medtailor/{parts[0]}" if len(parts) > 1 else str(path.relative_to(root)))
     own = f"src/medtailor/{package}"
     return [own, *sorted(deps - {own})]
 
