@@ -11,10 +11,12 @@ export PYTHONHASHSEED := 0
 
 .PHONY: setup demo test lint bench clean
 
+# torch's PyPI build brings several GB of CUDA libraries: --no-cache-dir keeps a second copy
+# out of ~/.cache (a CI machine once ran out of disk during this install).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/pip install --quiet --no-cache-dir --constraint constraints.txt --editable ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -39,6 +41,8 @@ bench: setup
 	python bench/evaluate_bench.py
 	python bench/calibration.py
 	python bench/ingest_vs_dcm2niix.py
+	python bench/search_overhead.py
+	python bench/detector_realdata.py
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medtailor.workflow.dvc_stages import write_dvc_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -42,7 +44,8 @@ def small(params: dict) -> dict:
 
     Six patients, placed 4/1/1 by the split key below, each with lesions on its radiographs;
     20 short detector epochs find the validation and test lesions (training refuses a
-    validation split without positives), 2 volume epochs only check the wiring.
+    validation split without positives), 2 volume-detector and 2 segmentation epochs only
+    check the wiring.
     """
     params = copy.deepcopy(params)
     params["synth"]["n_patients"] = 6
@@ -54,6 +57,14 @@ def small(params: dict) -> dict:
     # A detector trained for 2 epochs scores low: keep every candidate so each split has patches.
     params["patches"]["min_score"] = 2.0
     params["evaluate"]["bootstrap_replicates"] = 100
+    # The search has its own end-to-end tests (test_search_stage.py).
+    params["search"]["enabled"] = False
+    # Segmentation wiring only (test_train_seg.py tests what it learns).
+    params["train_seg"].update(
+        {"patch_size": [16, 16, 16], "samples_per_volume": 1, "epochs": 2, "validate_every": 2}
+    )
+    for entry in params["seg_models"].values():
+        entry.update({"filters": 4, "max_filters": 16})
     return params
 
 
@@ -136,6 +147,7 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
     """Two short trainings (ImageNet and scratch EfficientNet-Lite0) and their evaluation."""
     from medtailor.evaluate import run_evaluate
     from medtailor.train import run_train
+    from medtailor.train_seg import run_train_seg
 
     root = tmp_path_factory.mktemp("evaluation")
     params = copy.deepcopy(detection_run["params"])
@@ -161,6 +173,20 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
             params,
         )
     folders = {name: root / "models" / name for name in params["models"]}
+    # A tiny segmentation run, so the report's Dice section is exercised too.
+    params["train_seg"].update(
+        {"patch_size": [16, 16, 16], "samples_per_volume": 1, "epochs": 1, "validate_every": 1}
+    )
+    params["seg_models"] = {"dynunet_tiny": {"model": "dynunet", "filters": 4, "max_filters": 16}}
+    run_train_seg(
+        "dynunet_tiny",
+        detection_run["root"] / "resample",
+        detection_run["split_csv"],
+        detection_run["root"] / "ingest",
+        root / "seg_models" / "dynunet_tiny",
+        root / "seg_state",
+        params,
+    )
     flat = run_evaluate(
         folders,
         detection_run["root"] / "patches",
@@ -168,6 +194,7 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
         detection_run["split_csv"],
         root / "evaluate",
         params,
+        segmentation={"dynunet_tiny": root / "seg_models" / "dynunet_tiny"},
     )
     return {
         "root": root,
@@ -202,6 +229,7 @@ def project(tmp_path: Path, repo_params: dict) -> Path:
         else:
             shutil.copy(source, tmp_path / name)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
+    write_dvc_yaml(tmp_path / "dvc.yaml", tmp_path)  # the stages of these params
     return tmp_path
 
 

@@ -37,7 +37,14 @@ def test_report_tables_figures_and_metrics(evaluation_run):
     assert "| lite0_imagenet | efficientnet_lite0 | imagenet |" in report
     assert "DeLong" in report and "figures/froc.png" in report
     # Every table says what its intervals and tests resample or model.
-    assert report.count("Unit: **patient**") == 2 and "Unit: **model**" in report
+    assert report.count("Unit: **patient**") == 3 and "Unit: **model**" in report
+    # The segmentation models' Dice, per class, from their own dice.parquet.
+    (segmentation,) = summary["segmentation"].values()
+    assert {row["class"] for row in segmentation["test"]} == {"lesion", "bone"}
+    assert (
+        "## Segmentation (test split)" in report and "| dynunet_tiny (dynunet) | bone |" in report
+    )
+    assert "dynunet_tiny_test_dice_bone" in evaluation_run["flat"]
     assert "clustered DeLong test (Obuchowski 1997" in report and "Durkalski" in report
     assert "counts as a false positive" in report  # the FROC convention in force
     assert comparison["unit"] == "patient" and comparison["patients"] < comparison["patches"]
@@ -53,6 +60,18 @@ def test_report_tables_figures_and_metrics(evaluation_run):
     assert report.index("## Evidence") < report.index("## Models")
     assert "**The numbers below rest on little evidence:**" in report
     assert evaluation_run["flat"]["evidence_warnings"] == len(evidence["warnings"])
+    # The detector's own section: recall against candidates per image, per split.
+    assert report.index("## Evidence") < report.index("## Detector") < report.index("## Models")
+    assert (out / "figures" / "detector_recall.png").is_file()
+    curve = pd.read_csv(out / "detector_recall.csv")
+    assert set(curve["split"]) == {"val", "test"}
+    for split, part in curve.groupby("split"):
+        recall = part["recall"].to_numpy()
+        assert np.all(np.diff(recall) >= 0) and 0 <= recall[0] <= recall[-1] <= 1
+        row = summary["detector_recall"][split]
+        assert row["recall_all"] == pytest.approx(recall[-1])
+        assert row["lesions"] == part["lesions"].iloc[0] > 0
+        assert f"| {split} | {row['lesions']} |" in report
 
 
 @pytest.fixture()

@@ -10,8 +10,8 @@ from monai.metrics import DiceMetric
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.contingency_tables import mcnemar
 
+from medtailor.dice import dice_per_case
 from medtailor.evaluate.calibration import rejection_rates
-from medtailor.evaluate.segmentation import dice_per_case
 from medtailor.evaluate.stats import (
     cluster_weights,
     delong_covariance,

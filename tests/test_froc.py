@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtailor.evaluate.detection import candidate_hits, froc_summary
+from medtailor.evaluate.detection import candidate_hits, froc_summary, recall_by_candidates
 from medtailor.evaluate.froc import (
     aufroc,
     best_recall_at,
@@ -212,3 +212,22 @@ def test_froc_figure_axis_is_logarithmic_with_readable_operating_points():
     assert all("10^" not in label and "times" not in label for label in labels)
     assert ax.get_xlim()[0] <= 0.01
     plt.close(fig)
+
+
+def test_recall_by_candidates_counts_a_lesion_from_the_rank_of_its_best_hit():
+    candidates = pd.DataFrame(
+        {
+            "image_id": ["a", "a", "a", "b", "b"],
+            "score": [90.0, 80.0, 70.0, 60.0, 50.0],
+            # In image a the best candidate misses, the second finds L1, the third L2;
+            # in image b the second candidate finds L3. L4 is never found.
+            "hits": [[], ["L1"], ["L2", "L1"], [], ["L3"]],
+        }
+    )
+    lesions = pd.DataFrame({"lesion_id": ["L1", "L2", "L3", "L4"]})
+    table = recall_by_candidates(candidates, lesions, 4)
+    assert table["candidates_per_image"].tolist() == [1, 2, 3, 4]
+    assert table["recall"].tolist() == [0.0, 0.5, 0.75, 0.75]
+    # No candidate at all: nothing found; no lesion: undefined, not zero.
+    assert recall_by_candidates(candidates.iloc[:0], lesions, 2)["recall"].tolist() == [0, 0]
+    assert recall_by_candidates(candidates, lesions.iloc[:0], 2)["recall"].isna().all()

@@ -71,6 +71,7 @@ def test_every_rule_runs_as_a_slurm_job_and_matches_a_local_run(cluster, project
         "detect",
         "patches",
         "train",
+        "train_seg",
         "evaluate",
     }
     for job_id, rule in submitted.items():

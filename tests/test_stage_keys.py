@@ -43,7 +43,8 @@ def test_train_sees_its_own_configuration_only(repo_params):
 
 def test_every_declared_key_exists_in_the_shipped_params(repo_params):
     for stage in STAGE_KEYS:
-        model = next(iter(repo_params["models"])) if stage == "train" else None
+        section = {"train": "models", "train_seg": "seg_models"}.get(stage)
+        model = next(iter(repo_params[section])) if section else None
         assert stage_values(repo_params, stage, model)  # raises KeyError on a stale key
 
 

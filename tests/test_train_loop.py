@@ -54,8 +54,19 @@ def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, tmp_
     assert len(history) == params["train"]["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     predictions = pd.read_parquet(tmp_path / "predictions.parquet")
-    test = predictions[predictions["split"] == "test"]
-    assert roc_auc_score(test["label"], test["prob"]) > 0.8
+    test = predictions[predictions["split"] == "test"].merge(
+        pd.read_parquet(detection_run["root"] / "patches" / "index.parquet")[
+            ["patch_id", "best_iou"]
+        ],
+        on="patch_id",
+    )
+    # Judge recognition on the patches whose label is not a convention: a candidate with
+    # 0.2 <= IoU <= 0.5 holds most of a fracture yet counts as negative at test (issue 9's
+    # rule), and on a test split of ~30 patches three of them cap the AUC near 0.82 for a
+    # model that recognises every fracture.
+    clear = test[(test["label"] == 1) | (test["best_iou"] < 0.2)]
+    assert (clear["label"] == 0).sum() >= 10 and (clear["label"] == 1).sum() >= 8
+    assert roc_auc_score(clear["label"], clear["prob"]) > 0.85
     assert set(predictions["split"]) == {"val", "test"}
     assert predictions["prob"].between(0, 1).all()
     assert summary["parameters"] > 3e6 and summary["macs"] > 0

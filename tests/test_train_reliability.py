@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
+from medtailor.complexity import complexity
 from medtailor.train.architecture import build_classifier, load_classifier
-from medtailor.train.complexity import complexity
 from medtailor.train.loop import sync_batchnorm, train_batches, train_model
 
 from .conftest import BIN, ENV

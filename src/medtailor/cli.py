@@ -122,7 +122,13 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
     folders = trained_folders(args.trained, args.models)
     names = sorted(folders)
-    summary = evaluate(folders, args.input, args.resample, args.split, args.output, params)
+    from medtailor.evaluate.segmentation import segmentation_folders
+
+    search = None if str(args.search_summary) == "none" else args.search_summary
+    segmented = None if str(args.segmented) == "none" else segmentation_folders(args.segmented)
+    summary = evaluate(
+        folders, args.input, args.resample, args.split, args.output, params, search, segmented
+    )
     log_to_model_runs(summary, names)
     artifacts = [
         args.output / "report.md",
@@ -133,6 +139,61 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     artifacts += sorted((args.output / "figures").glob("*.png"))
     mlflow.set_tag("medtailor.models", ",".join(names))
     return summary, artifacts
+
+
+def run_search_ask(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import generation_dir, run_ask
+
+    summary = run_ask(args.output, args.generation, params)
+    return summary, [generation_dir(args.output, args.generation) / "asked.json"]
+
+
+def run_search_candidate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import CandidateScorer, generation_dir, run_candidate
+
+    scorer = CandidateScorer(args.input, args.resample, args.split, params)
+    summary = run_candidate(args.output, args.generation, args.index, scorer, args.state, params)
+    return summary, [generation_dir(args.output, args.generation) / f"candidate_{args.index}.json"]
+
+
+def run_search_tell(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import generation_dir, run_tell
+
+    summary = run_tell(args.output, args.generation, params)
+    return summary, [generation_dir(args.output, args.generation) / "history.json"]
+
+
+def run_search(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import run_search as search
+
+    summary = search(args.output, args.input, args.resample, args.split, args.state, params)
+    return summary, []
+
+
+def run_search_summary(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search.final import run_search_summary as summarise
+
+    summary = summarise(args.input, args.output, params)
+    figures = [Path(p) for p in summary.pop("figures")]
+    return summary, [args.output / "history.csv", args.output / "finalists.json", *figures]
+
+
+def run_search_final(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.search import CandidateScorer
+    from medtailor.search.final import run_search_final as train_final
+
+    scorer = CandidateScorer(args.patches, args.resample, args.split, params)
+    mlflow.set_tag("medtailor.model", args.name)
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    state = args.state or DATA / "train_state" / args.name
+    summary = train_final(args.name, args.input, args.output, scorer, state, params, sink)
+    folder = args.output / args.name
+    return summary, [folder / name for name in ("best.pt", "predictions.parquet", "history.csv")]
 
 
 def log_to_model_runs(summary: dict[str, Any], names: list[str]) -> None:
@@ -156,6 +217,27 @@ def log_to_model_runs(summary: dict[str, Any], names: list[str]) -> None:
                 client.log_metric(runs[0].info.run_id, f"eval_{key}", float(value))
 
 
+def run_train_seg(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.tracking import flatten
+    from medtailor.train_seg import run_train_seg as train_seg
+    from medtailor.train_seg import seg_entry
+
+    output = args.output if args.output != DATA / "seg_models" else DATA / "seg_models" / args.model
+    state = args.state or DATA / "train_seg_state" / args.model
+    mlflow.set_tag("medtailor.model", args.model)
+    mlflow.log_params(flatten(seg_entry(params, args.model), "model."))
+
+    def sink(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    ingest = None if str(args.ingest) == "none" else args.ingest
+    summary = train_seg(args.model, args.input, args.split, ingest, output, state, params, sink)
+    artifacts = [output / name for name in ("best.pt", "dice.parquet", "history.csv")]
+    return summary, artifacts
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage as a subcommand: its runner, help, output and paths (the params
@@ -169,6 +251,13 @@ class Stage:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+GENERATION = {"type": int, "required": True, "help": "search generation (0, 1, ...)"}
+SEARCH_PATHS: dict[str, tuple[Path | None, str]] = {
+    "input": (DATA / "patches", "patch store"),
+    "resample": (DATA / "resample", "resample output folder"),
+    "split": (DATA / "split" / "split.csv", "split table"),
+    "state": (DATA / "search_state", "trained candidates, one folder per network"),
+}
 STAGES = [
     Stage(
         "synth",
@@ -253,6 +342,82 @@ STAGES = [
         {"model": {"required": True, "help": "name of a configuration in params 'models'"}},
     ),
     Stage(
+        "train-seg",
+        run_train_seg,
+        "Train the 3D segmentation network of one named configuration (params "
+        "'seg_models.<name>' over the 'train_seg' recipe) on the labelled volumes; writes the "
+        "checkpoint, Dice per volume and the predicted label maps (resampled and ingested grids).",
+        DATA / "seg_models",
+        {
+            "input": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+            "ingest": (
+                DATA / "ingest",
+                "ingest output folder: predictions also go back to each volume's ingested grid "
+                "('none': resampled grid only)",
+            ),
+            "state": (None, "resumable state folder (default: data/train_seg_state/<model>)"),
+        },
+        {"model": {"required": True, "help": "name of a configuration in params 'seg_models'"}},
+    ),
+    Stage(
+        "search",
+        run_search,
+        "Run the whole architecture search in one process (params 'search'): every "
+        "generation's ask, candidates and tell, skipping what is already done.",
+        DATA / "search",
+        SEARCH_PATHS,
+    ),
+    Stage(
+        "search-ask",
+        run_search_ask,
+        "Write the candidates of one search generation (replaying the history before it).",
+        DATA / "search",
+        {},
+        {"generation": GENERATION},
+    ),
+    Stage(
+        "search-candidate",
+        run_search_candidate,
+        "Fine-tune and score (validation AUFROC) one candidate of a search generation; a "
+        "network already trained is not trained again.",
+        DATA / "search",
+        SEARCH_PATHS,
+        {"generation": GENERATION, "index": {"type": int, "required": True, "help": "candidate"}},
+    ),
+    Stage(
+        "search-tell",
+        run_search_tell,
+        "Add the scores of one search generation to the search history.",
+        DATA / "search",
+        {},
+        {"generation": GENERATION},
+    ),
+    Stage(
+        "search-summary",
+        run_search_summary,
+        "Summarise a finished search: history table, figures (score along the search, size "
+        "against score, mutation rate) and the finalists.",
+        DATA / "search_summary",
+        {"input": (DATA / "search", "search folder")},
+    ),
+    Stage(
+        "search-final",
+        run_search_final,
+        "Train one final model of the search (nas_top<k>, nas_reference, "
+        "nas_reference_scratch, nas_winner_scratch) with search.final_recipe into "
+        "<output>/<name>.",
+        DATA / "models",
+        {
+            "input": (DATA / "search_summary", "search summary folder"),
+            "patches": (DATA / "patches", "patch store"),
+            "resample": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+            "state": (None, "resumable state folder (default: data/train_state/<name>)"),
+        },
+        {"name": {"required": True, "help": "final model name"}},
+    ),
+    Stage(
         "evaluate",
         run_evaluate,
         "Evaluate trained models (AUC, operating point, FROC/AUFROC with patient-bootstrap CIs, "
@@ -276,6 +441,18 @@ STAGES = [
                 "nargs": "*",
                 "default": None,
                 "help": "evaluate only these model names (folder names; default: every one found)",
+            },
+            "segmented": {
+                "type": Path,
+                "default": Path("none"),
+                "help": "folder of trained segmentation models (train-seg outputs, e.g. "
+                "data/seg_models): the report then has their Dice table (default: none)",
+            },
+            "search-summary": {
+                "type": Path,
+                "default": Path("none"),
+                "help": "the architecture search's summary folder (search-summary output): the "
+                "report then has the search's table and figures (default: none)",
             },
         },
     ),
@@ -326,6 +503,23 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
     model = getattr(args, "model", None)
     view = stage_view(params, stage.name, model)
     set_threads(args.threads)
+    default_metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
+    if stage.name == "search-final":
+        run_name = f"train:{args.name}"
+        if args.metrics == default_metrics:
+            args.metrics = METRICS / "train" / f"{args.name}.json"
+    elif (
+        stage.name.startswith("search-")
+        and args.metrics == default_metrics
+        and hasattr(args, "generation")
+    ):
+        step = stage.name.removeprefix("search-")
+        index = f"_{args.index}" if step == "candidate" else ""
+        args.metrics = METRICS / "search" / f"g{args.generation:03d}_{step}{index}.json"
+    if stage.name == "train-seg":
+        run_name = f"train_seg:{args.model}"
+        if args.metrics == default_metrics:
+            args.metrics = METRICS / "train_seg" / f"{args.model}.json"
     if stage.name == "train":
         run_name = f"train:{args.model}"
         if args.metrics == METRICS / "train.json":

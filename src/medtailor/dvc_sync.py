@@ -17,8 +17,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def up_to_date_outputs(root: Path) -> set[str]:
-    """Output paths whose Snakemake plan is "no update" (the default target's DAG)."""
+def snakemake_outputs(root: Path) -> dict[str, bool]:
+    """Every output path of the default target's DAG -> whether its Snakemake plan is
+    "no update"."""
     snakemake = Path(sys.executable).with_name("snakemake")
     result = subprocess.run(
         [str(snakemake) if snakemake.exists() else "snakemake", "--summary", "--nolock"],
@@ -27,12 +28,22 @@ def up_to_date_outputs(root: Path) -> set[str]:
         text=True,
         check=True,
     )
-    current = set()
-    for line in result.stdout.splitlines():
+    outputs = {}
+    for line in result.stdout.splitlines()[1:]:
         fields = line.split("\t")
-        if len(fields) >= 5 and fields[-1].strip() == "no update":
-            current.add(fields[0].strip().rstrip("/"))
-    return current
+        if len(fields) >= 5:
+            outputs[fields[0].strip().rstrip("/")] = fields[-1].strip() == "no update"
+    return outputs
+
+
+def is_current(out: str, outputs: dict[str, bool]) -> bool:
+    """A DVC output is up to date when Snakemake's output of that path is, or, for a folder
+    that Snakemake fills file by file (the search's generations), when every Snakemake
+    output inside it is."""
+    if out in outputs:
+        return outputs[out]
+    inside = [current for path, current in outputs.items() if path.startswith(out + "/")]
+    return bool(inside) and all(inside)
 
 
 def record_in_dvc_lock(root: Path = Path()) -> list[str]:
@@ -42,12 +53,12 @@ def record_in_dvc_lock(root: Path = Path()) -> list[str]:
         return []
     from dvc.repo import Repo
 
-    current = up_to_date_outputs(root)
+    outputs = snakemake_outputs(root)
     committed = []
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             outs = [out.def_path.rstrip("/") for out in stage.outs]
-            if outs and all(out in current for out in outs):
+            if outs and all(is_current(out, outputs) for out in outs):
                 repo.commit(stage.addressing, force=True, relink=False)
                 committed.append(stage.addressing)
     log.info("recorded %d Snakemake stage(s) in dvc.lock", len(committed))

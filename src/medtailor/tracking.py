@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,19 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
         mlflow.log_params(flatten({k: v for k, v in params.items() if k != "tracking"}))
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
         yield run
+
+
+def child_run(name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    """A nested MLflow run of the current stage run (a search candidate), or a null context
+    outside one; yields the run or None."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return nullcontext()
+    run = mlflow.start_run(run_name=name, nested=True)
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    mlflow.log_params(dict(params))
+    return run
 
 
 _OWN_PARENT: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from importlib import resources
@@ -57,6 +58,25 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
     fractions = params["split"]["fractions"]
     if abs(sum(fractions) - 1.0) > 1e-6:
         errors.append(f"split.fractions {fractions} must sum to 1 (they sum to {sum(fractions):g})")
+    for kind in ("radiograph", "volume"):
+        for key, bounds in params["detector"].get(kind, {}).get("augment", {}).items():
+            if key.endswith("_range") and bounds[0] > bounds[1]:
+                errors.append(f"detector.{kind}.augment.{key} {bounds}: low exceeds high")
+    backbone = params["detector"]["volume"].get("backbone", "resnet")
+    if backbone != "resnet":
+        errors.append(
+            f"detector.volume.backbone ({backbone}) must be resnet: timm backbones are 2D and "
+            "no 3D ImageNet weights exist"
+        )
+    segmentation = {"train_seg": {}, **params["seg_models"]} if "train_seg" in params else {}
+    for name, entry in segmentation.items():
+        recipe = {**params["train_seg"], **entry.get("recipe", {})}
+        where = "train_seg" if name == "train_seg" else f"seg_models.{name}.recipe"
+        if len(recipe["crop_class_ratios"]) != len(recipe["labels"]) + 1:
+            errors.append(
+                f"{where}: crop_class_ratios has {len(recipe['crop_class_ratios'])} values; it "
+                f"needs one per class, background first ({len(recipe['labels']) + 1})"
+            )
     return errors
 
 
@@ -69,6 +89,18 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None
     if lines:
         listed = "\n".join(f"  - {line}" for line in lines)
         raise ParamsError(f"{source} does not match the medtailor schema:\n{listed}")
+
+
+def named_entry(params: dict[str, Any], section: str, recipe: str, name: str) -> dict[str, Any]:
+    """Configuration ``name`` of ``params[section]`` (models, seg_models) resolved: the
+    ``params[recipe]`` defaults, the entry's ``recipe`` overrides, then its own keys."""
+    if name not in params[section]:
+        raise ValueError(
+            f"no {section} configuration {name!r}; params.yaml defines {sorted(params[section])}"
+        )
+    entry = copy.deepcopy(params[section][name])
+    defaults = {**copy.deepcopy(params[recipe]), **entry.pop("recipe", {})}
+    return {**defaults, **entry}
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -4,7 +4,7 @@ DVC's ``params`` and the view of params.yaml each ``medtailor <stage>`` command 
 A stage only sees the keys listed here (plus ``tracking``, which says where runs are
 logged, not what they compute), so a key its code reads but this table omits fails loudly
 instead of silently escaping the rerun triggers. ``{model}`` stands for the configuration
-a ``train`` job trains.
+a ``train`` or ``train_seg`` job trains.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+SEARCH_KEYS = ("seed", "train", "search", "evaluate.froc")
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("seed", "synth"),
     "ingest": ("ingest",),
@@ -41,8 +42,18 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "patches": ("patches", "detector.radiograph.intensity", "detector.volume.intensity"),
     "train": ("seed", "train", "models.{model}", "compute.gpus"),
+    "train_seg": ("seed", "train_seg", "seg_models.{model}"),
+    # Candidates train with the train recipe under search's overrides and are scored by
+    # validation AUFROC as evaluate computes it.
+    "search": SEARCH_KEYS,
+    "search_ask": SEARCH_KEYS,
+    "search_candidate": SEARCH_KEYS,
+    "search_tell": SEARCH_KEYS,
+    "search_summary": SEARCH_KEYS,
+    "search_final": SEARCH_KEYS,
+    "search_winner_scratch": SEARCH_KEYS,
     # patches.positive_iou: the evidence table's detector recall, as the patches stage counts it.
-    "evaluate": ("seed", "evaluate", "patches.positive_iou"),
+    "evaluate": ("seed", "evaluate", "patches.positive_iou", "patches.min_score"),
 }
 ALWAYS_VISIBLE = ("tracking",)
 

@@ -109,7 +109,7 @@ def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, An
                     "configuration; retrain it (medtailor train-detector)"
                 )
             cfg = checkpoint["config"]
-            detector = build_detector(ndim, cfg, params["detector"])
+            detector = build_detector(ndim, cfg, params["detector"], pretrained=False)
             detector.load_state_dict(checkpoint["state_dict"])
             detector.to(device())
             images = load_detection_images(resample_dir, chosen, cfg["intensity"])

@@ -1,7 +1,9 @@
-"""MONAI RetinaNet (ResNet-FPN backbone) for 2D radiographs and 3D volumes."""
+"""MONAI RetinaNet for 2D radiographs and 3D volumes, on a feature pyramid over MONAI's
+ResNet (2D or 3D, from scratch) or over any timm backbone (2D, pre-trained or not)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,10 +12,86 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
-from monai.networks.blocks.feature_pyramid_network import LastLevelMaxPool
+from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from monai.networks.nets import resnet
+from torch import nn
 
 RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+MONAI_RESNET = "resnet"
+
+
+class TimmFeaturePyramid(nn.Module):
+    """A timm backbone (``features_only``) under MONAI's feature pyramid, for RetinaNet.
+
+    Stage k of ``returned_layers`` is timm's feature k (stride ``2 ** (k + 1)``, as MONAI's
+    ResNet layer k). Grayscale input goes through timm's ``in_chans=1`` (the pre-trained
+    first convolution summed over RGB) after the weights' own normalisation of [0, 1]
+    intensities, so a pre-trained backbone sees what it was trained on.
+    """
+
+    def __init__(self, name: str, init: str, returned_layers: list[int], out_channels: int):
+        super().__init__()
+        import timm
+
+        from medtailor.train.weights import create_pretrained
+
+        options = {"features_only": True, "out_indices": tuple(returned_layers), "in_chans": 1}
+        if init == "scratch":
+            self.body = timm.create_model(name, pretrained=False, **options)
+        else:
+            self.body = create_pretrained(name, init, **options)
+        cfg = self.body.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(float(sum(cfg["mean"]) / len(cfg["mean"]))))
+        self.register_buffer("std", torch.tensor(float(sum(cfg["std"]) / len(cfg["std"]))))
+        self.strides = list(self.body.feature_info.reduction())
+        self.fpn = FeaturePyramidNetwork(
+            spatial_dims=2,
+            in_channels_list=list(self.body.feature_info.channels()),
+            out_channels=out_channels,
+            extra_blocks=LastLevelMaxPool(2),
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body((x - self.mean) / self.std)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+
+def feature_extractor(
+    spatial_dims: int, cfg: Mapping[str, Any], pretrained: bool = True
+) -> nn.Module:
+    """The detector's backbone under a feature pyramid of ``fpn_channels`` channels
+    (``pretrained=False`` builds the architecture only, to load a checkpoint into)."""
+    returned_layers = [int(v) for v in cfg["returned_layers"]]
+    name = str(cfg.get("backbone", MONAI_RESNET))
+    if name != MONAI_RESNET:
+        if spatial_dims != 2:
+            raise ValueError(
+                f"detector backbone {name!r}: timm backbones are 2D; a volume detector uses "
+                f"backbone: {MONAI_RESNET} (no 3D ImageNet weights exist)"
+            )
+        init = str(cfg.get("backbone_init", "imagenet")) if pretrained else "scratch"
+        return TimmFeaturePyramid(name, init, returned_layers, int(cfg["fpn_channels"]))
+    width = int(cfg["width"])
+    backbone = resnet.ResNet(
+        block=resnet.ResNetBlock,
+        layers=RESNET_LAYERS[int(cfg["backbone_depth"])],
+        block_inplanes=[width, 2 * width, 4 * width, 8 * width],
+        n_input_channels=1,
+        conv1_t_stride=2,
+        conv1_t_size=7,
+        spatial_dims=spatial_dims,
+    )
+    # MONAI's resnet_fpn_feature_extractor fixes the pyramid at 256 channels; a narrower
+    # pyramid (fpn_channels) keeps the heads affordable on a CPU.
+    return BackboneWithFPN(
+        backbone,
+        return_layers={f"layer{k}": str(v) for v, k in enumerate(returned_layers)},
+        in_channels_list=[width * 2 ** (k - 1) for k in returned_layers],
+        out_channels=int(cfg["fpn_channels"]),
+        spatial_dims=spatial_dims,
+        extra_blocks=LastLevelMaxPool(spatial_dims),
+    )
 
 
 def validation_selection(min_score: float) -> dict[str, float]:
@@ -29,7 +107,10 @@ def validation_selection(min_score: float) -> dict[str, float]:
 
 
 def build_detector(
-    spatial_dims: int, cfg: Mapping[str, Any], selection: Mapping[str, Any]
+    spatial_dims: int,
+    cfg: Mapping[str, Any],
+    selection: Mapping[str, Any],
+    pretrained: bool = True,
 ) -> RetinaNetDetector:
     """A one-class RetinaNet: architecture and sliding-window size from ``cfg``
     (``detector.<kind>``, stored in each checkpoint), candidate selection from
@@ -40,27 +121,9 @@ def build_detector(
         feature_map_scales=[2**level for level in range(len(returned_layers) + 1)],
         base_anchor_shapes=[[float(v) for v in shape] for shape in cfg["base_anchor_shapes"]],
     )
-    width = int(cfg["width"])
-    backbone = resnet.ResNet(
-        block=resnet.ResNetBlock,
-        layers=RESNET_LAYERS[int(cfg["backbone_depth"])],
-        block_inplanes=[width, 2 * width, 4 * width, 8 * width],
-        n_input_channels=1,
-        conv1_t_stride=2,
-        conv1_t_size=7,
-        spatial_dims=spatial_dims,
-    )
-    # MONAI's resnet_fpn_feature_extractor fixes the pyramid at 256 channels; a narrower
-    # pyramid (fpn_channels) keeps the heads affordable on a CPU.
-    extractor = BackboneWithFPN(
-        backbone,
-        return_layers={f"layer{k}": str(v) for v, k in enumerate(returned_layers)},
-        in_channels_list=[width * 2 ** (k - 1) for k in returned_layers],
-        out_channels=int(cfg["fpn_channels"]),
-        spatial_dims=spatial_dims,
-        extra_blocks=LastLevelMaxPool(spatial_dims),
-    )
-    # Padding must survive every downsampling: conv1 (2), max-pool (2) and 2 per stage.
+    extractor = feature_extractor(spatial_dims, cfg, pretrained)
+    # Padding must survive every downsampling: stage k has stride 2 ** (k + 1), the
+    # pyramid's pooled level 2 more, and MONAI's heads need one more even division.
     size_divisible = 2 * 2 * 2 ** max(returned_layers) * 2
     network = RetinaNet(
         spatial_dims=spatial_dims,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -14,9 +15,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medtailor.detect.data import KINDS, DetectionImage, load_detection_images, random_crop
+from medtailor.detect.augment import Augmentation, training_crop
+from medtailor.detect.data import KINDS, DetectionImage, load_detection_images
 from medtailor.detect.inference import lesion_recall, predict_boxes
 from medtailor.detect.model import build_detector, device, validation_selection
+from medtailor.detect.planning import resolve_detector_config
 from medtailor.imageio import save_torch
 from medtailor.split import hash_position, manifest_with_split
 
@@ -44,8 +47,16 @@ def warmup_cosine(total_steps: int, warmup_share: float = 0.05) -> Callable[[int
 def _batches(
     images: list[DetectionImage], cfg: Mapping[str, Any], rng: np.random.Generator
 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    aug = Augmentation.from_config(cfg.get("augment"))
     crops = [
-        random_crop(images[i], tuple(cfg["patch_size"]), rng, float(cfg["lesion_crop_fraction"]))
+        training_crop(
+            images[i].image,
+            images[i].boxes,
+            tuple(cfg["patch_size"]),
+            rng,
+            float(cfg["lesion_crop_fraction"]),
+            aug,
+        )
         for i in rng.permutation(np.repeat(np.arange(len(images)), int(cfg["crops_per_image"])))
     ]
     size = int(cfg["batch_size"])
@@ -93,9 +104,15 @@ def train_kind(
     sink: MetricSink,
     fold: int | None = None,
 ) -> dict[str, float]:
-    cfg = params["detector"][kind]
     name = kind if fold is None else f"{kind}_fold{fold}"
     seed = int(params["seed"])
+    cfg, plan = resolve_detector_config(
+        params["detector"][kind], [item.boxes for item in train], seed
+    )
+    if plan is not None:
+        log.info("%s anchors planned from %d training boxes: %s", name, plan["boxes"], plan)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}_anchor_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     run_device = device()
@@ -121,6 +138,9 @@ def train_kind(
         }
 
     best = -1.0
+    # Validations in a row without a higher recall before training stops (0: never).
+    patience = int(cfg.get("early_stopping_patience", 0))
+    stale = 0
     started = time.perf_counter()
     history: dict[str, float] = {}
     for epoch in tqdm(range(1, epochs + 1), desc=f"train_detector {kind}", unit="epoch"):
@@ -149,6 +169,7 @@ def train_kind(
         if val and (epoch % int(cfg["validate_every"]) == 0 or last):
             recall = validation_recall(detector, val, cfg, params["patches"])
             metrics[f"{name}_val_recall"] = recall
+            stale = 0 if recall > best or np.isnan(recall) else stale + 1
             # Later epochs win ties: the model has seen more data for the same recall.
             if recall >= best or np.isnan(recall):
                 best = recall
@@ -156,9 +177,21 @@ def train_kind(
                 history[f"{name}_best_epoch"] = epoch
         sink(metrics, epoch)
         history.update(metrics)
+        history[f"{name}_epochs_run"] = epoch
+        if patience and stale >= patience and not last:
+            log.info(
+                "%s: no higher validation recall in %d validations: stopped at epoch %d of %d",
+                name,
+                patience,
+                epoch,
+                epochs,
+            )
+            break
     if not val:  # nothing to choose on: keep the last epoch
         save_torch(checkpoint(epochs, float("nan")), detector_file(out_dir, kind, fold))
     history[f"{name}_best_val_recall"] = best
+    if plan is not None:
+        history[f"{name}_anchor_mean_best_iou"] = plan["mean_best_iou"]
     history[f"{name}_seconds"] = round(time.perf_counter() - started, 1)
     history[f"{name}_train_images"] = len(train)
     return history
@@ -178,7 +211,7 @@ def run_train_detector(
     sink = sink or (lambda metrics, step: None)
     manifest = manifest_with_split(resample_dir, split_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.pt"), out_dir / FOLDS_FILE]:
+    for stale in [*out_dir.glob("*.pt"), *out_dir.glob("*_anchor_plan.json"), out_dir / FOLDS_FILE]:
         stale.unlink(missing_ok=True)
     folds = int(params["detector"]["train_folds"])
     train_patients = manifest.loc[manifest["split"] == "train", "patient_id"].tolist()

@@ -32,8 +32,9 @@ from medtailor.evaluate.classification import (
     load_predictions,
     operating_point,
 )
-from medtailor.evaluate.detection import candidate_hits, froc_summary
+from medtailor.evaluate.detection import candidate_hits, froc_summary, recall_by_candidates
 from medtailor.evaluate.evidence import evidence_table, evidence_warnings
+from medtailor.evaluate.segmentation import evaluate_segmentation
 from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
 from medtailor.patches import lesions_found
 from medtailor.patches.store import PatchStore
@@ -87,19 +88,24 @@ def evaluate_model(
 
 
 def detection_inputs(
-    manifest: pd.DataFrame, truths: pd.DataFrame, index: pd.DataFrame, kind: str, cfg: dict
+    manifest: pd.DataFrame,
+    truths: pd.DataFrame,
+    index: pd.DataFrame,
+    kind: str,
+    cfg: dict,
+    split: str = "test",
 ) -> dict:
-    """Test-split candidates with their lesion hits, the lesions and the images, for FROC
+    """Candidates of ``split`` with their lesion hits, the lesions and the images, for FROC
     (``manifest`` with its split column, ``truths`` the ground-truth boxes)."""
-    images = manifest[(manifest["split"] == "test") & (manifest["kind"] == kind)][
+    images = manifest[(manifest["split"] == split) & (manifest["kind"] == kind)][
         ["image_id", "study_id", "patient_id", "shape"]
     ]
     truths = truths[truths["image_id"].isin(images["image_id"])]
     truths = truths.merge(images[["image_id", "study_id"]], on="image_id")
     lesions = truths.groupby("lesion_id", as_index=False)["study_id"].first()
-    test = index[(index["split"] == "test") & (index["kind"] == kind)]
+    chosen = index[(index["split"] == split) & (index["kind"] == kind)]
     candidates = candidate_hits(
-        test,
+        chosen,
         truths,
         images.set_index("image_id")["shape"],
         float(cfg["hit_iou"]),
@@ -220,8 +226,12 @@ def run_evaluate(
     split_csv: Path,
     out_dir: Path,
     params: dict[str, Any],
+    search_summary: Path | None = None,
+    segmentation: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every model in ``models`` (name -> its trained folder); write the report.
+    """Evaluate every model in ``models`` (name -> its trained folder); write the report
+    (with the architecture search's table and figures when ``search_summary`` is given, and
+    the Dice of the segmentation models in ``segmentation``, name -> train_seg folder).
 
     Each model is rebuilt from its own checkpoint (which carries its configuration and its
     parameter and MAC counts), never from the current params.yaml.
@@ -256,6 +266,7 @@ def run_evaluate(
         level,
         seed,
     )
+    detector_recall = detector_recall_table(manifest, truths, store.index, cfg["froc"])
     results, frames, curves = {}, {}, [detector_curve.assign(model="detector")]
     for name, folder in tqdm(sorted(models.items()), desc="evaluate", unit="model"):
         frame = load_predictions(folder / "predictions.parquet", store.index)
@@ -269,6 +280,7 @@ def run_evaluate(
                 "init": config["init"],
                 "architecture": config["model"],
                 "config": config,
+                "search_role": checkpoint.get("search", {}).get("role"),
             }
         )
         threshold = result["test_operating_point"].get("threshold")
@@ -288,13 +300,29 @@ def run_evaluate(
         "evidence": _clean(evidence),
         "models": _clean(results),
         "detector_froc": _clean(detector_froc),
+        "detector_recall": _clean(detector_recall_summary(detector_recall)),
         "comparisons": _clean(comparisons),
         "correlations": _clean(correlations(table)),
     }
+    if search_summary is not None:
+        summary["search"] = search_section(search_summary, out_dir)
+    if segmentation:
+        summary["segmentation"] = _clean(
+            evaluate_segmentation(segmentation, replicates, level, seed)
+        )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "froc.csv", index=False)
     roc_table(frames).to_csv(out_dir / "roc.csv", index=False)
-    write_report(summary, table, frames, pd.concat(curves, ignore_index=True), out_dir, params)
+    detector_recall.to_csv(out_dir / "detector_recall.csv", index=False)
+    write_report(
+        summary,
+        table,
+        frames,
+        pd.concat(curves, ignore_index=True),
+        out_dir,
+        params,
+        detector_recall,
+    )
     flat = {
         "detector_aufroc": detector_froc["aufroc"],
         "evidence_warnings": len(evidence["warnings"]),
@@ -302,7 +330,63 @@ def run_evaluate(
     for name, result in results.items():
         flat[f"{name}_test_auc"] = result["test"].get("auc")
         flat[f"{name}_test_aufroc"] = result["test_froc"].get("aufroc")
+    for name, result in summary.get("segmentation", {}).items():
+        for row in result["test"]:
+            flat[f"{name}_test_dice_{row['class']}"] = row["dice"]
     return _clean(flat)
+
+
+def detector_recall_table(
+    manifest: pd.DataFrame, truths: pd.DataFrame, index: pd.DataFrame, froc_cfg: dict
+) -> pd.DataFrame:
+    """Lesion recall of the kept radiograph candidates (score above ``patches.min_score``)
+    against the number of candidates per image, on the validation and test splits."""
+    most = int(index.groupby("image_id").size().max()) if len(index) else 1
+    tables = []
+    for split in ("val", "test"):
+        inputs = detection_inputs(manifest, truths, index, "radiograph", froc_cfg, split)
+        table = recall_by_candidates(inputs["candidates"], inputs["lesions"], most)
+        tables.append(table.assign(split=split, lesions=len(inputs["lesions"])))
+    return pd.concat(tables, ignore_index=True)
+
+
+def detector_recall_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Per split: lesions, recall with the best candidate per image, with 5, and with all."""
+    summary = {}
+    for split, part in table.groupby("split", sort=False):
+        recall = part.set_index("candidates_per_image")["recall"]
+        summary[split] = {
+            "lesions": int(part["lesions"].iloc[0]),
+            "recall_at_1": recall.iloc[0],
+            "recall_at_5": recall.iloc[min(4, len(recall) - 1)],
+            "recall_all": recall.iloc[-1],
+            "candidates_per_image_max": int(recall.index.max()),
+        }
+    return summary
+
+
+def search_section(summary_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """What the report shows of the search: its figures (copied) and its history in brief."""
+    import shutil
+
+    history = pd.read_csv(summary_dir / "history.csv")
+    finalists = json.loads((summary_dir / "finalists.json").read_text())
+    figures = []
+    for figure in sorted((summary_dir / "figures").glob("*.png")):
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure, out_dir / "figures" / figure.name)
+        figures.append(f"figures/{figure.name}")
+    return {
+        "space": finalists["space"],
+        "genes": len(finalists["genes"]),
+        "candidates": len(history),
+        "trained": int((history["status"] == "trained").sum()),
+        "distinct_networks": int(history["key"].nunique()),
+        "reference_score": history["score"].iloc[0],
+        "best_score": history["best_so_far"].iloc[-1],
+        "finalists": finalists["finalists"],
+        "figures": figures,
+    }
 
 
 def split_evidence(

@@ -203,8 +203,152 @@ def _evidence_lines(evidence: dict) -> list[str]:
     return [*lines, ""]
 
 
+SEARCH_ROLES = {
+    "finalist": "search finalist",
+    "reference": "reference network",
+    "winner_scratch": "winner, from scratch",
+}
+
+
+def _search_lines(summary: dict, level: int, replicates: int) -> list[str]:
+    """The fracture NAS study's Table 1 (every evaluated model, by test AUFROC) and the
+    search's figures."""
+    search = summary["search"]
+    winner = next(
+        (
+            r["config"].get("genotype")
+            for r in summary["models"].values()
+            if r.get("search_role") == "winner_scratch"
+        ),
+        None,
+    )
+    lines = [
+        "",
+        "## Architecture search",
+        "",
+        f"Space {search['space']} ({search['genes']} genes); {search['candidates']} candidates, "
+        f"{search['distinct_networks']} distinct networks, {search['trained']} trained; "
+        f"validation AUFROC of the reference network {_number(search['reference_score'])}, "
+        f"best {_number(search['best_score'])}. Finalists (search score): "
+        + ", ".join(
+            f"{f['name']} = {f['key']} ({_number(f['score'])})" for f in search["finalists"]
+        )
+        + ".",
+        "",
+        f"Table 1 (as in the fracture NAS study). Test AUFROC with its 90% and {level}% "
+        f"patient-bootstrap intervals ({replicates} replicates), parameters and MACs of every "
+        "evaluated model. The search's winner is the finalist with the best validation "
+        "AUFROC after retraining.",
+        "",
+        f"| model | role | init | test AUFROC (90% CI) | {level}% CI | parameters | MACs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(
+        summary["models"].items(),
+        key=lambda item: -(item[1]["test_froc"].get("aufroc") or -1.0),
+    )
+    for name, r in rows:
+        role = SEARCH_ROLES.get(r.get("search_role"), "baseline")
+        if r.get("search_role") == "finalist" and r["config"].get("genotype") == winner:
+            role = "search winner"
+        froc = r["test_froc"]
+        wide = froc.get("aufroc_ci") or [None, None]
+        lines.append(
+            f"| {name} | {role} | {r.get('init')} | "
+            f"{_interval(froc.get('aufroc'), froc.get('aufroc_ci_90'))} | "
+            f"{_number(wide[0], '.3f')}–{_number(wide[1], '.3f')} | "
+            f"{(r.get('parameters') or 0) / 1e6:.2f} M | {(r.get('macs') or 0) / 1e6:.1f} M |"
+        )
+    lines += ["", *[f"![search]({path})" for path in search["figures"]]]
+    return lines
+
+
+def detector_recall_figure(table: pd.DataFrame, out: Path) -> str:
+    """Lesion recall against the candidates kept per image, one line per split."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    for split, part in table.groupby("split", sort=False):
+        lesions = int(part["lesions"].iloc[0])
+        ax.step(
+            part["candidates_per_image"],
+            part["recall"],
+            where="post",
+            label=f"{split} ({lesions} lesions)",
+        )
+    ax.set(
+        xlabel="candidates kept per image (best scores first)",
+        ylabel="lesion recall",
+        ylim=(0, 1.02),
+        title="Detector: recall vs candidates per image",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "figures" / "detector_recall.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return "figures/detector_recall.png"
+
+
+def _detector_lines(summary: dict, figure: str | None, params: dict) -> list[str]:
+    froc_cfg = params["evaluate"]["froc"]
+    lines = [
+        "## Detector",
+        "",
+        f"Candidates kept by the patch stage (score above {params['patches']['min_score']}); a "
+        f"lesion is found when a candidate's IoU with it exceeds {froc_cfg['hit_iou']}. The "
+        "plateau of each curve bounds the recall any classifier re-scoring these candidates "
+        "can reach: a low plateau means the detector, not the classifier, limits the pipeline.",
+        "",
+        "| split | lesions | recall, best candidate per image | best 5 | all kept | most candidates in an image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, row in summary.get("detector_recall", {}).items():
+        lines.append(
+            f"| {split} | {row['lesions']} | {_number(row['recall_at_1'])} | "
+            f"{_number(row['recall_at_5'])} | {_number(row['recall_all'])} | "
+            f"{row['candidates_per_image_max']} |"
+        )
+    if figure:
+        lines += ["", f"![detector recall]({figure})"]
+    return [*lines, ""]
+
+
+def _segmentation_lines(results: dict, level: int, replicates: int) -> list[str]:
+    lines = [
+        "",
+        "## Segmentation (test split)",
+        "",
+        f"Unit: **patient**. Dice per class over the test volumes (a volume where the class is "
+        f"absent from both the truth and the prediction has no Dice and is left out), with "
+        f"{level}% patient-bootstrap intervals ({replicates} replicates; a patient's volumes "
+        "are drawn together). Parameters and MACs are for one patch of the training size.",
+        "",
+        "| model | class | Dice | volumes | patients | parameters | MACs (patch) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        size = "x".join(str(s) for s in result["patch_size"])
+        for row in result["test"]:
+            undefined = row.get("dice_ci_undefined") or 0
+            note = f" ({undefined} undefined replicates)" if undefined else ""
+            lines.append(
+                f"| {name} ({result['model']}) | {row['class']} | "
+                f"{_interval(row['dice'], row['dice_ci'])}{note} | {row['volumes']} | "
+                f"{row['patients']} | {_number(result['parameters'])} | "
+                f"{_number(result['macs'])} at {size} |"
+            )
+    return lines
+
+
 def write_report(
-    summary: dict, table: pd.DataFrame, frames: dict, froc: pd.DataFrame, out: Path, params: dict
+    summary: dict,
+    table: pd.DataFrame,
+    frames: dict,
+    froc: pd.DataFrame,
+    out: Path,
+    params: dict,
+    detector_recall: pd.DataFrame | None = None,
 ) -> Path:
     from medtailor.evaluate import roc_table
 
@@ -233,6 +377,11 @@ def write_report(
         f"lesion when its IoU exceeds {cfg['froc']['hit_iou']}, and {in_between}.",
         "",
         *_evidence_lines(summary["evidence"]),
+        *_detector_lines(
+            summary,
+            detector_recall_figure(detector_recall, out) if detector_recall is not None else None,
+            params,
+        ),
         "## Models (test split)",
         "",
         f"Unit: **patient**. AUC, sensitivity and specificity intervals are {level}% "
@@ -325,6 +474,10 @@ def write_report(
             lines.append(
                 f"- {c['y']} vs {c['x']}: rho = {c['rho']:.2f}, p = {c['p_value']:.3g} (n = {c['n']})"
             )
+    if "search" in summary:
+        lines += _search_lines(summary, level, replicates)
+    if summary.get("segmentation"):
+        lines += _segmentation_lines(summary["segmentation"], level, replicates)
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines.append(f"![{title}]({path})")

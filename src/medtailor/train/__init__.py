@@ -10,30 +10,24 @@ which Snakemake and DVC leave alone when they rerun a job.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
+from medtailor.config import named_entry
 from medtailor.train.loop import MetricSink, train_model
 
 
 def model_entry(params: dict[str, Any], name: str) -> dict[str, Any]:
     """The full configuration of model ``name``: recipe defaults, then the entry's own keys."""
-    if name not in params["models"]:
-        raise ValueError(
-            f"no model configuration {name!r}; params.yaml defines {sorted(params['models'])}"
-        )
-    entry = copy.deepcopy(params["models"][name])
-    recipe = {**copy.deepcopy(params["train"]), **entry.pop("recipe", {})}
-    return {**recipe, **entry}
+    return named_entry(params, "models", "train", name)
 
 
 def model_info(
     entry: dict[str, Any], num_classes: int = 2, input_size: int | None = None
 ) -> dict[str, Any]:
     """Parameters and MACs of a configuration (random weights: nothing is downloaded)."""
+    from medtailor.complexity import complexity
     from medtailor.train.architecture import build_classifier
-    from medtailor.train.complexity import complexity
 
     size = int(input_size or entry["input_size"])
     built = build_classifier(

@@ -111,8 +111,10 @@ class Classifier(nn.Module):
         mean, std = torch.tensor(config["mean"]), torch.tensor(config["std"])
         if len(mean) != channels:  # a 1-channel backbone: the mean of the RGB statistics
             mean, std = mean.mean().repeat(channels), std.mean().repeat(channels)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        # Saved with the weights: a model rebuilt from its checkpoint (without pre-trained
+        # weights, so without their statistics) must normalise as it was trained.
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.replicate_to:

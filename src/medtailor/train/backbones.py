@@ -46,8 +46,23 @@ def group_of_parameters(backbone: nn.Module) -> dict[str, int]:
 
 
 def create_backbone(entry: dict[str, Any], pretrained: bool) -> nn.Module:
+    """The timm backbone of a configuration: a timm model name, or a registered search space
+    (``medtailor.search.spaces``) whose member ``entry["genotype"]`` is cut from its
+    supernet (``init: file:<path>`` names the supernet file)."""
+    from medtailor.search.spaces import create_space, is_space
+
     in_chans = int(entry["input_channels"]) if entry["channel_mode"] == "timm" else 3
     kwargs = {"num_classes": 0, "in_chans": in_chans}
+    if is_space(entry["model"]):
+        if entry.get("genotype") is None:
+            raise ValueError(f"model {entry['model']!r} is a search space: it needs a genotype")
+        init = str(entry["init"])
+        return create_space(entry["model"]).create_model(
+            entry["genotype"],
+            pretrained,
+            supernet_file=init[len("file:") :] if init.startswith("file:") else None,
+            **kwargs,
+        )
     if pretrained:
         init = entry["init"]
         return create_pretrained(

@@ -18,7 +18,6 @@ checkpoints, predictions and metrics.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -37,20 +36,16 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from medtailor.complexity import complexity
 from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
+from medtailor.runtime import OPTIMIZERS, discard_stale_state, distributed_context, epoch_seed
 from medtailor.train.architecture import build_classifier, classifier_checkpoint
-from medtailor.train.complexity import complexity
 from medtailor.train.data import PatchDataset, balanced_indices
 
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
-OPTIMIZERS = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**31)
 
 
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -70,25 +65,46 @@ def predict(
     return np.concatenate(probs) if probs else np.zeros(0)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batches: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> None:
+    """Re-estimate every batch norm's running mean and variance as the plain average over
+    ``batches`` training batches (weights unchanged): a subnet cut from a supernet inherits
+    statistics measured on the largest network."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches seen
+    was_training = model.training
+    model.train()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=len(dataset) > batch_size,
+    )
+    for step, (images, _) in enumerate(loader):
+        if step >= batches:
+            break
+        model(images.to(device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
 def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
     counts = torch.bincount(labels, minlength=2).float().clamp(min=1)
     return counts.sum() / (2 * counts)
-
-
-def distributed_context() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins the process group under torchrun
-    and pins each process to its own GPU (LOCAL_RANK) when there are GPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return (dist.get_rank(), world, device) if world > 1 else (0, 1, device)
 
 
 def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
@@ -121,19 +137,6 @@ def train_batches(n_samples: int, batch_size: int, world: int) -> tuple[int, boo
 def resume_key(entry: dict[str, Any], seed: int, store: PatchStore) -> str:
     """Identity of a training run: its configuration, seed and the exact patch store."""
     return params_hash({"entry": entry, "seed": seed, "store": store.fingerprint()})
-
-
-def discard_stale_state(state_dir: Path, key: str, name: str) -> None:
-    """Delete ``last.pt``/``best.pt`` unless they belong to ``key`` (these inputs and
-    settings): state of other inputs is never resumed, and no stale best.pt survives."""
-    last = state_dir / "last.pt"
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        if state.get("resume_key") == key:
-            return
-        log.info("%s: %s belongs to other inputs or settings; starting afresh", name, last)
-    for stale in ("last.pt", "best.pt"):
-        (state_dir / stale).unlink(missing_ok=True)
 
 
 def train_model(
@@ -171,6 +174,15 @@ def train_model(
 
     model = build_classifier(entry).to(device)
     counts = complexity(model, (channels, size, size))
+    if int(entry.get("bn_recalibration_batches", 0)) > 0:
+        recalibrate_batchnorm(
+            model,
+            train_set,
+            int(entry["bn_recalibration_batches"]),
+            int(entry["batch_size"]),
+            device,
+            epoch_seed(seed, 0),
+        )
     if world > 1:
         model = sync_batchnorm(model, bool(entry["sync_batchnorm"]), device)
     if cuda:

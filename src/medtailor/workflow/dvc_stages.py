@@ -2,9 +2,11 @@
 same params keys (``medtailor.config.stage_keys``) and, in the repository, on every source
 file each stage's code runs.
 
-``python -m medtailor.workflow.dvc_stages`` rewrites the repository's dvc.yaml (with its code
-dependencies); ``medtailor init`` writes a project's (without them: a project runs the
-installed package, and records its version in every MLflow run).
+``python -m medtailor.workflow.dvc_stages [folder]`` rewrites a project's dvc.yaml from its
+params.yaml (in the source repository with its code dependencies); ``medtailor init``
+writes a project's (without them: a project runs the installed package, and records its
+version in every MLflow run). The search's stages follow ``search.enabled`` and
+``search.finalists``: rewrite dvc.yaml after changing them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class DvcStage:
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()
+    foreach: str | list[str] | None = None
 
 
 STAGES = (
@@ -113,18 +116,115 @@ STAGES = (
         deps=("data/patches",),
         outs=("data/models/${key}",),
         metrics=("metrics/train/${key}.json",),
+        foreach="${models}",
     ),
-    DvcStage(
+)
+SEARCH_INPUTS = ("data/patches", "data/resample", "data/split/split.csv")
+
+
+def segmentation_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """One train_seg stage per seg_models entry (none when it is empty: DVC refuses an
+    empty foreach)."""
+    if not params["seg_models"]:
+        return ()
+    return (
+        DvcStage(
+            "train_seg",
+            "train_seg",
+            "medtailor train-seg --params params.yaml --model ${key} --input data/resample "
+            "--split data/split/split.csv --ingest data/ingest --output data/seg_models/${key} "
+            "--state data/train_seg_state/${key} --metrics metrics/train_seg/${key}.json",
+            deps=("data/resample", "data/split/split.csv", "data/ingest"),
+            outs=("data/seg_models/${key}",),
+            metrics=("metrics/train_seg/${key}.json",),
+            foreach="${seg_models}",
+        ),
+    )
+
+
+def search_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """The search as DVC runs it: the whole loop in one process (the Snakemake jobs of
+    rules/search.smk, same files), its summary, and the final models. The final models'
+    names come from params (search.finalists), so changing it means regenerating dvc.yaml."""
+    from medtailor.search.final import WINNER_SCRATCH, final_model_names
+
+    names = final_model_names(params)
+    if not names:
+        return ()
+    final = (
+        "medtailor search-final --params params.yaml --name {name} --input data/search_summary "
+        "--patches data/patches --resample data/resample --split data/split/split.csv --state "
+        "data/train_state/{name} --output data/models --metrics metrics/train/{name}.json"
+    )
+    return (
+        DvcStage(
+            "search",
+            "search",
+            "medtailor search --params params.yaml --input data/patches --resample "
+            "data/resample --split data/split/split.csv --state data/search_state --output "
+            "data/search --metrics metrics/search.json",
+            deps=SEARCH_INPUTS,
+            # Its metrics file is left undeclared: the Snakemake jobs write one per step
+            # (metrics/search/), so a declared one would never be up to date after a
+            # Snakemake run; the search's numbers are search_summary's metrics.
+            outs=("data/search",),
+        ),
+        DvcStage(
+            "search_summary",
+            "search",
+            "medtailor search-summary --params params.yaml --input data/search --output "
+            "data/search_summary --metrics metrics/search_summary.json",
+            deps=("data/search",),
+            outs=("data/search_summary",),
+            metrics=("metrics/search_summary.json",),
+        ),
+        DvcStage(
+            "search_final",
+            "search",
+            final.format(name="${item}"),
+            deps=("data/search_summary", *SEARCH_INPUTS),
+            outs=("data/models/${item}",),
+            metrics=("metrics/train/${item}.json",),
+            foreach=[n for n in names if n != WINNER_SCRATCH],
+        ),
+        DvcStage(
+            "search_winner_scratch",
+            "search",
+            final.format(name=WINNER_SCRATCH),
+            deps=(
+                "data/search_summary",
+                *SEARCH_INPUTS,
+                *(f"data/models/{n}" for n in names if n.startswith("nas_top")),
+            ),
+            outs=(f"data/models/{WINNER_SCRATCH}",),
+            metrics=(f"metrics/train/{WINNER_SCRATCH}.json",),
+        ),
+    )
+
+
+def evaluate_stage(params: dict[str, Any]) -> DvcStage:
+    searched = bool(search_stages(params))
+    segmented = bool(segmentation_stages(params))
+    return DvcStage(
         "evaluate",
         "evaluate",
         "medtailor evaluate --params params.yaml --input data/patches --resample data/resample "
-        "--split data/split/split.csv --trained data/models --output data/evaluate --metrics "
+        "--split data/split/split.csv --trained data/models --search-summary "
+        f"{'data/search_summary' if searched else 'none'} --segmented "
+        f"{'data/seg_models' if segmented else 'none'} --output data/evaluate --metrics "
         "metrics/evaluate.json",
-        deps=("data/patches", "data/resample", "data/split/split.csv", "data/models"),
+        deps=(
+            "data/patches",
+            "data/resample",
+            "data/split/split.csv",
+            "data/models",
+            *(("data/search_summary",) if searched else ()),
+            *(("data/seg_models",) if segmented else ()),
+        ),
         outs=("data/evaluate",),
         metrics=("metrics/evaluate.json",),
-    ),
-)
+    )
+
 
 PLOTS: list[Any] = [
     {
@@ -150,6 +250,26 @@ PLOTS: list[Any] = [
             "y": {"data/evaluate/froc.csv": "recall"},
             "x_label": "false positives per image",
             "y_label": "study-wise recall",
+        }
+    },
+    {
+        "detector_recall": {
+            "x": "candidates_per_image",
+            "y": {"data/evaluate/detector_recall.csv": "recall"},
+            "x_label": "candidates kept per image",
+            "y_label": "lesion recall",
+        }
+    },
+]
+
+
+SEARCH_PLOTS: list[Any] = [
+    {
+        "search_scores": {
+            "x": "order",
+            "y": {"data/search_summary/history.csv": ["score", "best_so_far"]},
+            "x_label": "candidate",
+            "y_label": "validation AUFROC",
         }
     },
 ]
@@ -206,7 +326,7 @@ def code_dependencies(root: Path, package: str) -> list[str]:
 
 def stage_entry(stage: DvcStage, root: Path | None) -> dict[str, Any]:
     code = code_dependencies(root, stage.package) if root is not None else []
-    model = "${key}" if stage.name == "train" else None
+    model = "${key}" if stage.foreach in ("${models}", "${seg_models}") else None
     entry: dict[str, Any] = {
         "cmd": stage.cmd,
         "deps": [*stage.deps, *code] or None,
@@ -217,23 +337,30 @@ def stage_entry(stage: DvcStage, root: Path | None) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if value}
 
 
-def dvc_pipeline(root: Path | None = None) -> dict[str, Any]:
-    """dvc.yaml as a mapping; code dependencies when ``root`` is the source repository."""
+def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """dvc.yaml of a project with ``params`` as a mapping; code dependencies when ``root``
+    is the source repository."""
     stages: dict[str, Any] = {}
-    for stage in STAGES:
+    searched = search_stages(params)
+    for stage in (*STAGES, *segmentation_stages(params), *searched, evaluate_stage(params)):
         entry = stage_entry(stage, root)
-        stages[stage.name] = (
-            {"foreach": "${models}", "do": entry} if stage.name == "train" else entry
-        )
-    return {"stages": stages, "plots": PLOTS}
+        stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry
+    return {"stages": stages, "plots": PLOTS + (SEARCH_PLOTS if searched else [])}
 
 
 def write_dvc_yaml(path: Path, root: Path | None = None) -> Path:
-    body = yaml.safe_dump(dvc_pipeline(root), sort_keys=False, width=100)
+    """dvc.yaml beside the project's params.yaml (``path``'s folder)."""
+    params = yaml.safe_load((path.parent / "params.yaml").read_text())
+    body = yaml.safe_dump(dvc_pipeline(params, root), sort_keys=False, width=100)
     path.write_text(HEADER + body)
     return path
 
 
-if __name__ == "__main__":  # python -m medtailor.workflow.dvc_stages [repository root]
-    repository = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
-    print(write_dvc_yaml(repository / "dvc.yaml", repository))
+def source_root(folder: Path) -> Path | None:
+    """``folder`` when it is medtailor's source repository (its stages depend on the code)."""
+    return folder if (folder / "src" / "medtailor").is_dir() else None
+
+
+if __name__ == "__main__":  # python -m medtailor.workflow.dvc_stages [project folder]
+    project = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
+    print(write_dvc_yaml(project / "dvc.yaml", source_root(project)))

@@ -1,0 +1,46 @@
+"""What every training stage shares about its process: device and ranks, per-epoch seeds,
+and resumable state that belongs to the current inputs only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+# params.yaml's optimizer names -> timm's create_optimizer_v2 names.
+OPTIMIZERS = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**31)
+
+
+def distributed_context() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun
+    and pins each process to its own GPU (LOCAL_RANK) when there are GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank(), world, device) if world > 1 else (0, 1, device)
+
+
+def discard_stale_state(state_dir: Path, key: str, name: str) -> None:
+    """Delete ``last.pt``/``best.pt`` unless they belong to ``key`` (these inputs and
+    settings): state of other inputs is never resumed, and no stale best.pt survives."""
+    last = state_dir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state.get("resume_key") == key:
+            return
+        log.info("%s: %s belongs to other inputs or settings; starting afresh", name, last)
+    for stale in ("last.pt", "best.pt"):
+        (state_dir / stale).unlink(missing_ok=True)
