@@ -57,8 +57,9 @@ def small(params: dict) -> dict:
     # A detector trained for 2 epochs scores low: keep every candidate so each split has patches.
     params["patches"]["min_score"] = 2.0
     params["evaluate"]["bootstrap_replicates"] = 100
-    # The search has its own end-to-end tests (test_search_stage.py).
+    # The searches have their own end-to-end tests (test_search_stage.py, test_search_seg.py).
     params["search"]["enabled"] = False
+    params["search_seg"]["enabled"] = False
     # Segmentation wiring only (test_train_seg.py tests what it learns).
     params["train_seg"].update(
         {"patch_size": [16, 16, 16], "samples_per_volume": 1, "epochs": 2, "validate_every": 2}
@@ -93,6 +94,17 @@ def resampled(ingested, repo_params: dict, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("resample")
     summary = run_resample(ingested[0], out, small(repo_params))
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def seg_data(resampled, ingested, repo_params, tmp_path_factory):
+    """The labelled volumes, split: (resample folder, split table, ingest folder, params)."""
+    from medtailor.split import run_split
+
+    params = small(repo_params)
+    split_csv = tmp_path_factory.mktemp("seg_split") / "split.csv"
+    run_split(resampled[0], split_csv, params)
+    return resampled[0], split_csv, ingested[0], params
 
 
 @pytest.fixture(scope="session")
@@ -177,16 +189,22 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
     params["train_seg"].update(
         {"patch_size": [16, 16, 16], "samples_per_volume": 1, "epochs": 1, "validate_every": 1}
     )
-    params["seg_models"] = {"dynunet_tiny": {"model": "dynunet", "filters": 4, "max_filters": 16}}
-    run_train_seg(
-        "dynunet_tiny",
-        detection_run["root"] / "resample",
-        detection_run["split_csv"],
-        detection_run["root"] / "ingest",
-        root / "seg_models" / "dynunet_tiny",
-        root / "seg_state",
-        params,
-    )
+    # Two networks, so the paired comparison is exercised: the baseline and a searched-space
+    # one named in params (2 levels: 16^3 patches halve 3 times).
+    params["seg_models"] = {
+        "dynunet_tiny": {"model": "dynunet", "filters": 4, "max_filters": 16},
+        "c2fnas_tiny": {"model": "c2fnas", "levels": [1, 2, 1, 0], "max_level": 2, "filters": 4},
+    }
+    for name in params["seg_models"]:
+        run_train_seg(
+            name,
+            detection_run["root"] / "resample",
+            detection_run["split_csv"],
+            detection_run["root"] / "ingest",
+            root / "seg_models" / name,
+            root / "seg_state" / name,
+            params,
+        )
     flat = run_evaluate(
         folders,
         detection_run["root"] / "patches",
@@ -194,7 +212,7 @@ def evaluation_run(detection_run: dict, tmp_path_factory: pytest.TempPathFactory
         detection_run["split_csv"],
         root / "evaluate",
         params,
-        segmentation={"dynunet_tiny": root / "seg_models" / "dynunet_tiny"},
+        segmentation={name: root / "seg_models" / name for name in params["seg_models"]},
     )
     return {
         "root": root,

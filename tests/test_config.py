@@ -67,6 +67,16 @@ def test_relations_between_keys_are_checked_before_any_work(params, section, key
         validate_params(params)
 
 
+def test_a_segmentation_search_patch_it_cannot_halve_or_a_clashing_name_is_refused(params):
+    params["search_seg"]["supernet_recipe"]["patch_size"] = [48, 48, 40]
+    params["seg_models"]["c2fnas_searched"] = {"model": "dynunet"}
+    with pytest.raises(ParamsError) as error:
+        validate_params(params)
+    assert "search_seg.supernet_recipe: patch_size [48, 48, 40]" in str(error.value)
+    assert "multiple of 16" in str(error.value)
+    assert "seg_models.c2fnas_searched: the segmentation search trains" in str(error.value)
+
+
 def test_snakemake_refuses_crossed_thresholds_before_any_job(project):
     set_param(project, "patches", "negative_iou", 0.9)
     result = subprocess.run(

@@ -37,13 +37,25 @@ def test_report_tables_figures_and_metrics(evaluation_run):
     assert "| lite0_imagenet | efficientnet_lite0 | imagenet |" in report
     assert "DeLong" in report and "figures/froc.png" in report
     # Every table says what its intervals and tests resample or model.
-    assert report.count("Unit: **patient**") == 3 and "Unit: **model**" in report
-    # The segmentation models' Dice, per class, from their own dice.parquet.
-    (segmentation,) = summary["segmentation"].values()
-    assert {row["class"] for row in segmentation["test"]} == {"lesion", "bone"}
+    assert report.count("Unit: **patient**") == 4 and "Unit: **model**" in report
+    # The segmentation models' Dice, per class, from their own dice.parquet, their MACs at
+    # 96^3 whatever patch they trained on, and their paired comparison.
+    segmentation = summary["segmentation"]
+    assert set(segmentation["models"]) == {"dynunet_tiny", "c2fnas_tiny"}
+    for result in segmentation["models"].values():
+        assert {row["class"] for row in result["test"]} == {"lesion", "bone"}
+        assert result["patch_size"] == [16, 16, 16]
+        assert result["macs_reported_patch"] == pytest.approx(result["macs"] * 216, rel=0.05)
     assert (
         "## Segmentation (test split)" in report and "| dynunet_tiny (dynunet) | bone |" in report
     )
+    assert "| c2fnas_tiny (c2fnas) | lesion |" in report
+    pairs = segmentation["comparisons"]
+    assert {(r["first"], r["second"]) for r in pairs} == {("c2fnas_tiny", "dynunet_tiny")}
+    for row in pairs:
+        low, high = row["difference_ci"]
+        assert low <= row["difference"] <= high and 0 <= row["p_value"] <= row["p_holm"] <= 1
+    assert "Paired comparisons." in report and "figures/segmentation_dice_curves.png" in report
     assert "dynunet_tiny_test_dice_bone" in evaluation_run["flat"]
     assert "clustered DeLong test (Obuchowski 1997" in report and "Durkalski" in report
     assert "counts as a false positive" in report  # the FROC convention in force

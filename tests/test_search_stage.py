@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from .conftest import BIN, REPO, run
+from .test_search_seg import tiny_seg_search
 
 
 def tiny_search(params: dict, budget: int = 4) -> dict:
@@ -99,6 +100,9 @@ def test_the_search_runs_under_snakemake_into_the_report(project: Path):
     params = tiny_search(yaml.safe_load((project / "params.yaml").read_text()))
     # One listed model beside the search's own keeps the run short; the table needs no more.
     params["models"] = {"lite0_imagenet": params["models"]["lite0_imagenet"]}
+    # The segmentation search runs in the same workflow (its rules, CLI and report section).
+    params = tiny_seg_search(params, budget=3)
+    params["search_seg"]["scales"] = [1.0]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_dvc_yaml(project / "dvc.yaml", project)
     snakemake = str(BIN / "snakemake")
@@ -116,7 +120,15 @@ def test_the_search_runs_under_snakemake_into_the_report(project: Path):
         assert f"figures/{figure}" in report
     assert "search winner" in report
 
-    # Every candidate is a child MLflow run with its genotype and score.
+    seg_history = json.loads((project / "data/search_seg/g001/history.json").read_text())
+    assert len(seg_history) == 3 and {r["status"] for r in seg_history} == {"trained"}
+    assert (project / "data/seg_models/c2fnas_searched/best.pt").is_file()
+    assert "## Segmentation search (C2FNAS)" in report
+    assert "| c2fnas_searched (c2fnas) | lesion |" in report
+    for figure in ("coarse_clusters.png", "selected_network.png"):
+        assert f"figures/{figure}" in report
+
+    # Every candidate of both searches (4 + 3) is a child MLflow run with its score.
     with sqlite3.connect(project / "mlflow.db") as db:
         rows = db.execute(
             "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
@@ -130,7 +142,7 @@ def test_the_search_runs_under_snakemake_into_the_report(project: Path):
             "SELECT COUNT(*) FROM latest_metrics WHERE key = 'score' AND run_uuid IN "
             f"({','.join(repr(r[0]) for r in rows)})"
         ).fetchone()[0]
-    assert len(rows) == 4 and parents == 4 and scores == 4
+    assert len(rows) == 7 and parents == 7 and scores == 7
 
     # A candidate job killed before it wrote its record (so nothing after it ran either):
     # Snakemake reruns it, and it finds its network trained instead of training it again.

@@ -18,8 +18,6 @@ from medtailor.train_seg import run_train_seg, seg_entry
 from medtailor.train_seg.data import to_grid
 from medtailor.train_seg.models import SegInput, create_seg_model, plan_unet
 
-from .conftest import small
-
 
 def test_isotropic_plan_halves_every_axis_down_to_the_smallest_feature_map():
     plan = plan_unet((1.0, 1.0, 1.0), (96, 96, 96))
@@ -70,16 +68,6 @@ def test_label_maps_go_back_to_the_ingested_grid_world_aligned(ingested, resampl
         assert (dice > 0.9).all(), (row["orientation"], dice)
         orientations.add(before.loc[row["image_id"], "orientation"])
     assert len(orientations) >= 2
-
-
-@pytest.fixture(scope="module")
-def seg_data(resampled, ingested, repo_params, tmp_path_factory):
-    from medtailor.split import run_split
-
-    params = small(repo_params)
-    split_csv = tmp_path_factory.mktemp("seg_split") / "split.csv"
-    run_split(resampled[0], split_csv, params)
-    return resampled[0], split_csv, ingested[0], params
 
 
 def seg_params(params: dict, **recipe) -> dict:
@@ -199,6 +187,28 @@ def test_dice_intervals_resample_patients_with_all_their_volumes():
     possible = {0.0, 1 / 3, 1.0}  # AA, AB, BB
     assert all(min(abs(v - p) for p in possible) < 1e-9 for v in row["dice_ci"])
     assert row["dice_ci"] == pytest.approx([0.0, 1.0])
+
+
+def test_paired_dice_comparisons_resample_patients_with_both_models_dice():
+    from medtailor.evaluate.segmentation import paired_dice_comparison
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"P{i}" for i in range(30)], 2)
+    # A patient effect shared by both models; the first is 0.05 better on every volume.
+    base = np.clip(np.repeat(rng.uniform(0.3, 0.8, 30), 2) + rng.normal(0, 0.02, 60), 0, 1)
+    table = {"split": "test", "class": "lesion", "patient_id": patients}
+    ids = [f"V{i}" for i in range(60)]
+    second = pd.DataFrame({**table, "image_id": ids, "dice": base})
+    first = pd.DataFrame({**table, "image_id": ids, "dice": base + 0.05})
+    first.loc[0, "dice"] = np.nan  # one volume without a Dice: that pair is left out
+    (row,) = paired_dice_comparison(first, second, "test", 999, 0.95, 0).to_dict("records")
+    assert row["difference"] == pytest.approx(0.05) and row["volumes"] == 59
+    # Pairing removes the patient effect: the interval is tight around 0.05, and the
+    # bootstrap p-value is as small as 999 replicates allow, never 0.
+    assert row["difference_ci"] == pytest.approx([0.05, 0.05], abs=1e-9)
+    assert row["p_value"] == pytest.approx(2 / 1000)
+    (same,) = paired_dice_comparison(second, second, "test", 999, 0.95, 0).to_dict("records")
+    assert same["difference"] == 0 and same["p_value"] == 1.0
 
 
 @pytest.mark.slow

@@ -81,6 +81,19 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
         "data/resample --split data/split/split.csv --state data/search_state --output "
         "data/search --metrics metrics/search.json",
     }
+    # The same for the segmentation search's coarse generations and its `search_seg` stage.
+    seg_steps = {
+        n: jobs.pop(n) for n in list(jobs) if re.match(r"search_seg_(ask|candidate|tell)@", n)
+    }
+    assert seg_steps, "the segmentation search is not in the default pipeline"
+    jobs["search_seg"] = {
+        "input": {i for job in seg_steps.values() for i in job["input"]}
+        - {o for job in seg_steps.values() for o in job["output"]},
+        "output": {"data/search_seg"},
+        "cmd": "medtailor search-seg --params params.yaml --input data/resample --split "
+        "data/split/split.csv --state data/search_seg_state --output data/search_seg "
+        "--metrics metrics/search_seg.json",
+    }
     rule_params = snakemake_params()
     with Repo(str(REPO)) as repo:
         stages = {s.name: s for s in repo.index.stages}
@@ -103,8 +116,11 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
         # Both depend on exactly the keys the stage reads (medtailor.config.stage_keys).
         params = {key for d in stage.deps if d.def_path == "params.yaml" for key in d.params}
         rule, _, model = name.partition("@")
-        # (DVC's one search stage reads the keys each of the search's rules passes.)
-        assert rule_params.get(rule, "search") == rule, f"rule {rule} passes another stage's keys"
+        # (DVC's one-process search stages read the keys each of their rules passes.)
+        one_process = rule if rule in ("search", "search_seg") else None
+        assert rule_params.get(rule, one_process) == rule, (
+            f"rule {rule} passes another stage's keys"
+        )
         assert params == set(stage_keys(rule, model or None)), name
 
 

@@ -126,8 +126,17 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
     search = None if str(args.search_summary) == "none" else args.search_summary
     segmented = None if str(args.segmented) == "none" else segmentation_folders(args.segmented)
+    search_seg = None if str(args.search_seg) == "none" else args.search_seg
     summary = evaluate(
-        folders, args.input, args.resample, args.split, args.output, params, search, segmented
+        folders,
+        args.input,
+        args.resample,
+        args.split,
+        args.output,
+        params,
+        search,
+        segmented,
+        search_seg,
     )
     log_to_model_runs(summary, names)
     artifacts = [
@@ -238,6 +247,70 @@ def run_train_seg(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, artifacts
 
 
+def run_search_seg_ask(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import generation_dir
+    from medtailor.search_seg import run_coarse_ask
+
+    summary = run_coarse_ask(args.output, args.generation, params)
+    return summary, [generation_dir(args.output, args.generation) / "asked.json"]
+
+
+def run_search_seg_candidate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import generation_dir
+    from medtailor.search_seg import run_coarse_candidate
+
+    summary = run_coarse_candidate(
+        args.output, args.generation, args.index, args.input, args.split, args.state, params
+    )
+    return summary, [generation_dir(args.output, args.generation) / f"candidate_{args.index}.json"]
+
+
+def run_search_seg_tell(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search import generation_dir
+    from medtailor.search_seg import run_coarse_tell
+
+    summary = run_coarse_tell(args.output, args.generation, params)
+    return summary, [generation_dir(args.output, args.generation) / "history.json"]
+
+
+def _log_steps(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+def run_search_seg_fine(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search_seg.fine import run_fine_search
+
+    summary = run_fine_search(
+        args.search, args.input, args.split, args.state, args.output, params, _log_steps
+    )
+    figures = [Path(p) for p in summary.pop("figures")]
+    files = ("selection.json", "history.csv", "fine_scores.csv")
+    return summary, [*(args.output / name for name in files), *figures]
+
+
+def run_search_seg(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.search_seg import run_coarse_search
+
+    return run_coarse_search(args.output, args.input, args.split, args.state, params), []
+
+
+def run_search_seg_final(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.search_seg.fine import run_search_seg_final as train_final
+
+    output = args.output / args.name
+    state = args.state or DATA / "train_seg_state" / args.name
+    ingest = None if str(args.ingest) == "none" else args.ingest
+    mlflow.set_tag("medtailor.model", args.name)
+    summary = train_final(
+        args.name, args.input, args.resample, args.split, ingest, output, state, params, _log_steps
+    )
+    return summary, [output / name for name in ("best.pt", "dice.parquet", "history.csv")]
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage as a subcommand: its runner, help, output and paths (the params
@@ -257,6 +330,11 @@ SEARCH_PATHS: dict[str, tuple[Path | None, str]] = {
     "resample": (DATA / "resample", "resample output folder"),
     "split": (DATA / "split" / "split.csv", "split table"),
     "state": (DATA / "search_state", "trained candidates, one folder per network"),
+}
+SEARCH_SEG_PATHS: dict[str, tuple[Path | None, str]] = {
+    "input": (DATA / "resample", "resample output folder"),
+    "split": (DATA / "split" / "split.csv", "split table"),
+    "state": (DATA / "search_seg_state", "trained topologies and the supernet, one folder each"),
 }
 STAGES = [
     Stage(
@@ -418,6 +496,62 @@ STAGES = [
         {"name": {"required": True, "help": "final model name"}},
     ),
     Stage(
+        "search-seg",
+        run_search_seg,
+        "Run the whole coarse search of a segmentation network in one process (params "
+        "'search_seg'): every generation's ask, candidates and tell, skipping what is done.",
+        DATA / "search_seg",
+        SEARCH_SEG_PATHS,
+    ),
+    Stage(
+        "search-seg-ask",
+        run_search_seg_ask,
+        "Write the topologies of one coarse-search generation (from the history before it).",
+        DATA / "search_seg",
+        {},
+        {"generation": GENERATION},
+    ),
+    Stage(
+        "search-seg-candidate",
+        run_search_seg_candidate,
+        "Train one topology of a coarse-search generation from scratch and score its "
+        "validation Dice; a topology already trained is not trained again.",
+        DATA / "search_seg",
+        SEARCH_SEG_PATHS,
+        {"generation": GENERATION, "index": {"type": int, "required": True, "help": "candidate"}},
+    ),
+    Stage(
+        "search-seg-tell",
+        run_search_seg_tell,
+        "Add the scores of one coarse-search generation to its history.",
+        DATA / "search_seg",
+        {},
+        {"generation": GENERATION},
+    ),
+    Stage(
+        "search-seg-fine",
+        run_search_seg_fine,
+        "On the coarse search's best topology, train the single-path supernet and score random "
+        "operation assignments; writes the selection, the search's tables and figures.",
+        DATA / "search_seg_fine",
+        {**SEARCH_SEG_PATHS, "search": (DATA / "search_seg", "coarse search folder")},
+    ),
+    Stage(
+        "search-seg-final",
+        run_search_seg_final,
+        "Train the selected segmentation network from scratch (search_seg.final_recipe) as "
+        "<output>/<name> (c2fnas_searched, or c2fnas_searched_x<m> for a channel multiplier).",
+        DATA / "seg_models",
+        {
+            "input": (DATA / "search_seg_fine", "fine search output folder"),
+            "resample": (DATA / "resample", "resample output folder"),
+            "split": (DATA / "split" / "split.csv", "split table"),
+            "ingest": (DATA / "ingest", "ingest output folder ('none': resampled grid only)"),
+            "state": (None, "resumable state folder (default: data/train_seg_state/<name>)"),
+        },
+        {"name": {"required": True, "help": "final segmentation model name"}},
+    ),
+    Stage(
         "evaluate",
         run_evaluate,
         "Evaluate trained models (AUC, operating point, FROC/AUFROC with patient-bootstrap CIs, "
@@ -453,6 +587,12 @@ STAGES = [
                 "default": Path("none"),
                 "help": "the architecture search's summary folder (search-summary output): the "
                 "report then has the search's table and figures (default: none)",
+            },
+            "search-seg": {
+                "type": Path,
+                "default": Path("none"),
+                "help": "the segmentation search's fine folder (search-seg-fine output): the "
+                "report then has the search's selection and figures (default: none)",
             },
         },
     ),
@@ -504,18 +644,21 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
     view = stage_view(params, stage.name, model)
     set_threads(args.threads)
     default_metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
-    if stage.name == "search-final":
-        run_name = f"train:{args.name}"
+    if stage.name in ("search-final", "search-seg-final"):
+        kind = "train" if stage.name == "search-final" else "train_seg"
+        run_name = f"{kind}:{args.name}"
         if args.metrics == default_metrics:
-            args.metrics = METRICS / "train" / f"{args.name}.json"
+            args.metrics = METRICS / kind / f"{args.name}.json"
     elif (
         stage.name.startswith("search-")
         and args.metrics == default_metrics
         and hasattr(args, "generation")
     ):
-        step = stage.name.removeprefix("search-")
+        # search-ask -> metrics/search/g000_ask.json, search-seg-ask -> metrics/search_seg/...
+        search, step = stage.name.rsplit("-", 1)
         index = f"_{args.index}" if step == "candidate" else ""
-        args.metrics = METRICS / "search" / f"g{args.generation:03d}_{step}{index}.json"
+        folder = METRICS / search.replace("-", "_")
+        args.metrics = folder / f"g{args.generation:03d}_{step}{index}.json"
     if stage.name == "train-seg":
         run_name = f"train_seg:{args.model}"
         if args.metrics == default_metrics:

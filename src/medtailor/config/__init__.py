@@ -77,6 +77,24 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
                 f"{where}: crop_class_ratios has {len(recipe['crop_class_ratios'])} values; it "
                 f"needs one per class, background first ({len(recipe['labels']) + 1})"
             )
+    search = params.get("search_seg") or {}
+    if search.get("enabled"):
+        from medtailor.search_seg import final_names
+
+        for name in set(final_names(params)) & set(params["seg_models"]):
+            errors.append(
+                f"seg_models.{name}: the segmentation search trains a model of this name; "
+                "rename the entry"
+            )
+        divisor = 2 ** (int(search["downsamplings"]) + 1)
+        for key in ("recipe", "supernet_recipe", "final_recipe"):
+            size = {**params["train_seg"], **search[key]}["patch_size"]
+            if any(int(s) % divisor for s in size):
+                errors.append(
+                    f"search_seg.{key}: patch_size {list(size)} (from train_seg unless "
+                    f"overridden) must be a multiple of {divisor} per axis: the input stem and "
+                    f"{search['downsamplings']} down-samplings halve it {int(search['downsamplings']) + 1} times"
+                )
     return errors
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 SEARCH_KEYS = ("seed", "train", "search", "evaluate.froc")
+SEARCH_SEG_KEYS = ("seed", "train_seg", "search_seg")
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "synth": ("seed", "synth"),
     "ingest": ("ingest",),
@@ -52,6 +53,14 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "search_summary": SEARCH_KEYS,
     "search_final": SEARCH_KEYS,
     "search_winner_scratch": SEARCH_KEYS,
+    # Candidates, supernet and final network train with the train_seg recipe under
+    # search_seg's overrides.
+    "search_seg": SEARCH_SEG_KEYS,
+    "search_seg_ask": SEARCH_SEG_KEYS,
+    "search_seg_candidate": SEARCH_SEG_KEYS,
+    "search_seg_tell": SEARCH_SEG_KEYS,
+    "search_seg_fine": SEARCH_SEG_KEYS,
+    "search_seg_final": SEARCH_SEG_KEYS,
     # patches.positive_iou: the evidence table's detector recall, as the patches stage counts it.
     "evaluate": ("seed", "evaluate", "patches.positive_iou", "patches.min_score"),
 }

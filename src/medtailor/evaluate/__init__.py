@@ -34,7 +34,7 @@ from medtailor.evaluate.classification import (
 )
 from medtailor.evaluate.detection import candidate_hits, froc_summary, recall_by_candidates
 from medtailor.evaluate.evidence import evidence_table, evidence_warnings
-from medtailor.evaluate.segmentation import evaluate_segmentation
+from medtailor.evaluate.segmentation import dice_curves, evaluate_segmentation, search_seg_section
 from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
 from medtailor.patches import lesions_found
 from medtailor.patches.store import PatchStore
@@ -228,10 +228,12 @@ def run_evaluate(
     params: dict[str, Any],
     search_summary: Path | None = None,
     segmentation: dict[str, Path] | None = None,
+    search_seg: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate every model in ``models`` (name -> its trained folder); write the report
     (with the architecture search's table and figures when ``search_summary`` is given, and
-    the Dice of the segmentation models in ``segmentation``, name -> train_seg folder).
+    the Dice of the segmentation models in ``segmentation``, name -> train_seg folder, and
+    the segmentation search's selection and figures when ``search_seg`` is its fine folder).
 
     Each model is rebuilt from its own checkpoint (which carries its configuration and its
     parameter and MAC counts), never from the current params.yaml.
@@ -310,6 +312,11 @@ def run_evaluate(
         summary["segmentation"] = _clean(
             evaluate_segmentation(segmentation, replicates, level, seed)
         )
+        curves_figure = dice_curves(segmentation, out_dir)
+        if curves_figure is not None:
+            summary["segmentation"]["figure"] = f"figures/{curves_figure.name}"
+    if search_seg is not None:
+        summary["search_seg"] = _clean(search_seg_section(search_seg, out_dir))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "froc.csv", index=False)
     roc_table(frames).to_csv(out_dir / "roc.csv", index=False)
@@ -330,7 +337,7 @@ def run_evaluate(
     for name, result in results.items():
         flat[f"{name}_test_auc"] = result["test"].get("auc")
         flat[f"{name}_test_aufroc"] = result["test_froc"].get("aufroc")
-    for name, result in summary.get("segmentation", {}).items():
+    for name, result in summary.get("segmentation", {}).get("models", {}).items():
         for row in result["test"]:
             flat[f"{name}_test_dice_{row['class']}"] = row["dice"]
     return _clean(flat)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtailor.evaluate.segmentation import REPORTED_PATCH
 from medtailor.patches.store import PatchStore
 
 
@@ -314,7 +315,8 @@ def _detector_lines(summary: dict, figure: str | None, params: dict) -> list[str
     return [*lines, ""]
 
 
-def _segmentation_lines(results: dict, level: int, replicates: int) -> list[str]:
+def _segmentation_lines(segmentation: dict, level: int, replicates: int) -> list[str]:
+    patch = "x".join(str(s) for s in REPORTED_PATCH)
     lines = [
         "",
         "## Segmentation (test split)",
@@ -322,13 +324,13 @@ def _segmentation_lines(results: dict, level: int, replicates: int) -> list[str]
         f"Unit: **patient**. Dice per class over the test volumes (a volume where the class is "
         f"absent from both the truth and the prediction has no Dice and is left out), with "
         f"{level}% patient-bootstrap intervals ({replicates} replicates; a patient's volumes "
-        "are drawn together). Parameters and MACs are for one patch of the training size.",
+        f"are drawn together). MACs are for one {patch} patch (the C2FNAS study's), whatever "
+        "patch the network trained on.",
         "",
-        "| model | class | Dice | volumes | patients | parameters | MACs (patch) |",
+        f"| model | class | Dice | volumes | patients | parameters | MACs ({patch}) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, result in results.items():
-        size = "x".join(str(s) for s in result["patch_size"])
+    for name, result in segmentation["models"].items():
         for row in result["test"]:
             undefined = row.get("dice_ci_undefined") or 0
             note = f" ({undefined} undefined replicates)" if undefined else ""
@@ -336,9 +338,58 @@ def _segmentation_lines(results: dict, level: int, replicates: int) -> list[str]
                 f"| {name} ({result['model']}) | {row['class']} | "
                 f"{_interval(row['dice'], row['dice_ci'])}{note} | {row['volumes']} | "
                 f"{row['patients']} | {_number(result['parameters'])} | "
-                f"{_number(result['macs'])} at {size} |"
+                f"{_number(result.get('macs_reported_patch'))} |"
             )
-    return lines
+    if segmentation.get("comparisons"):
+        lines += [
+            "",
+            f"Paired comparisons. Unit: **patient**. Mean Dice difference (first minus second) "
+            f"over the test volumes both models segmented, its {level}% patient-bootstrap "
+            "interval (a drawn patient brings both models' Dice) and the two-sided bootstrap "
+            "p-value (never below 1/(replicates + 1)), Holm-adjusted over all pairs and classes.",
+            "",
+        ]
+        few = sorted({r["patients"] for r in segmentation["comparisons"] if r["patients"] < 20})
+        if few:
+            lines += [
+                f"**Few patients ({', '.join(map(str, few))}):** a bootstrap over fewer than "
+                "about 20 patients understates the spread between patients; these intervals "
+                "and p-values are indicative only.",
+                "",
+            ]
+        lines += [
+            "| first | second | class | Dice difference | p | p (Holm) | patients |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in segmentation["comparisons"]:
+            lines.append(
+                f"| {row['first']} | {row['second']} | {row['class']} | "
+                f"{_interval(row['difference'], row['difference_ci'])} | "
+                f"{_number(row['p_value'])} | {_number(row['p_holm'])} | {row['patients']} |"
+            )
+    if segmentation.get("figure"):
+        lines += ["", f"![segmentation Dice curves]({segmentation['figure']})"]
+    return [*lines, ""]
+
+
+def _search_seg_lines(search: dict) -> list[str]:
+    lines = [
+        "",
+        "## Segmentation search (C2FNAS)",
+        "",
+        f"Coarse search: {search['coarse_candidates']} topologies trained from scratch over "
+        f"{search['clusters_visited']} clusters; the best, "
+        f"{'-'.join(str(v) for v in search['levels'])} (levels per cell), scored a validation "
+        f"mean Dice of {_number(search['coarse_score'])}. Fine search: "
+        f"{search['assignments_scored']} operation assignments scored with the single-path "
+        f"supernet's weights; the selected one, {', '.join(search['operations'])}, scored "
+        f"{_number(search['supernet_score'])} (all 3D: "
+        f"{_number(search['reference_supernet_score'])}). It was retrained from scratch as "
+        "c2fnas_searched (the segmentation table above).",
+        "",
+    ]
+    lines += [f"![{Path(figure).stem}]({figure})" for figure in search["figures"]]
+    return [*lines, ""]
 
 
 def write_report(
@@ -478,6 +529,8 @@ def write_report(
         lines += _search_lines(summary, level, replicates)
     if summary.get("segmentation"):
         lines += _segmentation_lines(summary["segmentation"], level, replicates)
+    if summary.get("search_seg"):
+        lines += _search_seg_lines(summary["search_seg"])
     lines += ["", "## Figures", ""]
     for title, path in figures.items():
         lines.append(f"![{title}]({path})")

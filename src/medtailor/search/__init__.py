@@ -27,6 +27,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,19 @@ class CandidateScorer:
         )
 
 
+def train_once(folder: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``train`` (which trains in ``folder``) once: its result is kept in
+    ``folder/score.json`` and a later call returns it without training (``trained_now``
+    says which happened). Both searches train each network this way."""
+    done = folder / "score.json"
+    if done.is_file():
+        return {**json.loads(done.read_text()), "trained_now": False}
+    started = time.perf_counter()
+    result = {**train(), "train_seconds": time.perf_counter() - started}
+    write_json(done, result)
+    return {**result, "trained_now": True}
+
+
 def train_candidate(
     key: str,
     entry: dict[str, Any],
@@ -151,27 +165,29 @@ def train_candidate(
     params: dict[str, Any],
     sink: Any = None,
 ) -> dict[str, Any]:
-    """Train one canonical genotype once: its score (and training summary) is kept in
-    ``state_root/<key>/score.json``; a second call returns it without training."""
+    """Train one canonical genotype once, in ``state_root/<key>/``, and score it."""
     from medtailor.train.loop import train_model
 
     folder = state_root / key
-    done = folder / "score.json"
-    if done.is_file():
-        return {**json.loads(done.read_text()), "trained_now": False}
-    started = time.perf_counter()
-    summary = train_model(
-        key, entry, scorer.store_dir, folder / "model", folder / "state", int(params["seed"]), sink
-    )
-    predictions = pd.read_parquet(folder / "model" / "predictions.parquet")
-    result = {
-        "score": scorer.score(predictions),
-        "best_val_auc": summary["best_val_auc"],
-        "train_seconds": time.perf_counter() - started,
-        "images_per_second": summary["images_per_second"],
-    }
-    write_json(done, result)
-    return {**result, "trained_now": True}
+
+    def train() -> dict[str, Any]:
+        summary = train_model(
+            key,
+            entry,
+            scorer.store_dir,
+            folder / "model",
+            folder / "state",
+            int(params["seed"]),
+            sink,
+        )
+        predictions = pd.read_parquet(folder / "model" / "predictions.parquet")
+        return {
+            "score": scorer.score(predictions),
+            "best_val_auc": summary["best_val_auc"],
+            "images_per_second": summary["images_per_second"],
+        }
+
+    return train_once(folder, train)
 
 
 def run_candidate(

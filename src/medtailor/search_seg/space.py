@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.cluster import KMeans
-
-from medtailor.train_seg.c2fnas import OPERATIONS
 
 RULES = ("u", "loose")
+# The operations a cell may hold: 3x3x3 (3D), 3x3x1 then 1x1x3 (pseudo-3D), 3x3x1 (2D).
+OPERATIONS: tuple[str, ...] = ("3d", "p3d", "2d")
 Topology = tuple[int, ...]
 
 
@@ -73,6 +72,8 @@ def random_assignments(count: int, cells: int, rng: np.random.Generator) -> list
 
 def cluster_topologies(topologies: Sequence[Topology], k: int, seed: int) -> np.ndarray:
     """K-means cluster of every topology's level code (the coarse search's guide)."""
+    from sklearn.cluster import KMeans
+
     codes = np.asarray(topologies, dtype=float)
     return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(codes)
 

@@ -33,7 +33,8 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-OPERATIONS: tuple[str, ...] = ("3d", "p3d", "2d")
+from medtailor.search_seg.space import OPERATIONS
+
 NORM = ("INSTANCE", {"affine": True})
 ACT = "RELU"
 

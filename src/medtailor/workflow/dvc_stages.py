@@ -5,8 +5,9 @@ file each stage's code runs.
 ``python -m medtailor.workflow.dvc_stages [folder]`` rewrites a project's dvc.yaml from its
 params.yaml (in the source repository with its code dependencies); ``medtailor init``
 writes a project's (without them: a project runs the installed package, and records its
-version in every MLflow run). The search's stages follow ``search.enabled`` and
-``search.finalists``: rewrite dvc.yaml after changing them.
+version in every MLflow run). The searches' stages follow ``search.enabled``,
+``search.finalists``, ``search_seg.enabled`` and ``search_seg.scales``: rewrite dvc.yaml
+after changing them.
 """
 
 from __future__ import annotations
@@ -202,16 +203,64 @@ def search_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
     )
 
 
+def search_seg_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """The segmentation search as DVC runs it: the coarse loop in one process (the
+    Snakemake jobs of rules/search_seg.smk, same files), the fine search and the final
+    networks (their names come from search_seg.scales: regenerate dvc.yaml after a change)."""
+    from medtailor.search_seg import final_names
+
+    names = final_names(params)
+    if not names:
+        return ()
+    inputs = ("data/resample", "data/split/split.csv")
+    return (
+        DvcStage(
+            "search_seg",
+            "search_seg",
+            "medtailor search-seg --params params.yaml --input data/resample --split "
+            "data/split/split.csv --state data/search_seg_state --output data/search_seg "
+            "--metrics metrics/search_seg.json",
+            deps=inputs,
+            # Undeclared metrics, as the OFA search's: Snakemake writes one file per step.
+            outs=("data/search_seg",),
+        ),
+        DvcStage(
+            "search_seg_fine",
+            "search_seg",
+            "medtailor search-seg-fine --params params.yaml --search data/search_seg --input "
+            "data/resample --split data/split/split.csv --state data/search_seg_state --output "
+            "data/search_seg_fine --metrics metrics/search_seg_fine.json",
+            deps=("data/search_seg", *inputs),
+            outs=("data/search_seg_fine",),
+            metrics=("metrics/search_seg_fine.json",),
+        ),
+        DvcStage(
+            "search_seg_final",
+            "search_seg",
+            "medtailor search-seg-final --params params.yaml --name ${item} --input "
+            "data/search_seg_fine --resample data/resample --split data/split/split.csv "
+            "--ingest data/ingest --state data/train_seg_state/${item} --output data/seg_models "
+            "--metrics metrics/train_seg/${item}.json",
+            deps=("data/search_seg_fine", *inputs, "data/ingest"),
+            outs=("data/seg_models/${item}",),
+            metrics=("metrics/train_seg/${item}.json",),
+            foreach=names,
+        ),
+    )
+
+
 def evaluate_stage(params: dict[str, Any]) -> DvcStage:
     searched = bool(search_stages(params))
-    segmented = bool(segmentation_stages(params))
+    seg_searched = bool(search_seg_stages(params))
+    segmented = bool(segmentation_stages(params)) or seg_searched
     return DvcStage(
         "evaluate",
         "evaluate",
         "medtailor evaluate --params params.yaml --input data/patches --resample data/resample "
         "--split data/split/split.csv --trained data/models --search-summary "
         f"{'data/search_summary' if searched else 'none'} --segmented "
-        f"{'data/seg_models' if segmented else 'none'} --output data/evaluate --metrics "
+        f"{'data/seg_models' if segmented else 'none'} --search-seg "
+        f"{'data/search_seg_fine' if seg_searched else 'none'} --output data/evaluate --metrics "
         "metrics/evaluate.json",
         deps=(
             "data/patches",
@@ -220,6 +269,7 @@ def evaluate_stage(params: dict[str, Any]) -> DvcStage:
             "data/models",
             *(("data/search_summary",) if searched else ()),
             *(("data/seg_models",) if segmented else ()),
+            *(("data/search_seg_fine",) if seg_searched else ()),
         ),
         outs=("data/evaluate",),
         metrics=("metrics/evaluate.json",),
@@ -270,6 +320,18 @@ SEARCH_PLOTS: list[Any] = [
             "y": {"data/search_summary/history.csv": ["score", "best_so_far"]},
             "x_label": "candidate",
             "y_label": "validation AUFROC",
+        }
+    },
+]
+
+
+SEARCH_SEG_PLOTS: list[Any] = [
+    {
+        "search_seg_scores": {
+            "x": "order",
+            "y": {"data/search_seg_fine/history.csv": ["score", "best_so_far"]},
+            "x_label": "coarse candidate",
+            "y_label": "validation mean Dice",
         }
     },
 ]
@@ -342,10 +404,20 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
     is the source repository."""
     stages: dict[str, Any] = {}
     searched = search_stages(params)
-    for stage in (*STAGES, *segmentation_stages(params), *searched, evaluate_stage(params)):
+    for stage in (
+        *STAGES,
+        *segmentation_stages(params),
+        *searched,
+        *search_seg_stages(params),
+        evaluate_stage(params),
+    ):
         entry = stage_entry(stage, root)
         stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry
-    return {"stages": stages, "plots": PLOTS + (SEARCH_PLOTS if searched else [])}
+    plots = PLOTS + (SEARCH_PLOTS if searched else [])
+    return {
+        "stages": stages,
+        "plots": plots + (SEARCH_SEG_PLOTS if search_seg_stages(params) else []),
+    }
 
 
 def write_dvc_yaml(path: Path, root: Path | None = None) -> Path:

@@ -28,3 +28,34 @@ def told_before(wildcards):
     """The history the ask of a generation replays (none for the first)."""
     generation = int(wildcards.g)
     return [f"data/search/g{generation - 1:03d}/history.json"] if generation else []
+
+
+# The segmentation search (rules/search_seg.smk): the initial generation (clusters x
+# initial_per_cluster topologies), then generations of `workers` within `budget`.
+SEARCH_SEG = config["search_seg"]
+SEARCH_SEG_INITIAL = min(
+    SEARCH_SEG["clusters"] * SEARCH_SEG["initial_per_cluster"], SEARCH_SEG["budget"]
+)
+SEARCH_SEG_GENERATIONS = 1 + -(
+    -(SEARCH_SEG["budget"] - SEARCH_SEG_INITIAL) // SEARCH_SEG["workers"]
+)
+SEG_FINALS = seg_final_names(config)
+
+
+def search_seg_size(generation):
+    """Candidates of a coarse generation (the first: the initial ones)."""
+    generation = int(generation)
+    if generation == 0:
+        return SEARCH_SEG_INITIAL
+    left = (
+        SEARCH_SEG["budget"]
+        - SEARCH_SEG_INITIAL
+        - (generation - 1) * SEARCH_SEG["workers"]
+    )
+    return min(SEARCH_SEG["workers"], left)
+
+
+def seg_told_before(wildcards):
+    """The history the ask of a coarse generation reads (none for the first)."""
+    generation = int(wildcards.g)
+    return [f"data/search_seg/g{generation - 1:03d}/history.json"] if generation else []

@@ -7,6 +7,8 @@ rule evaluate:
         search=expand("data/models/{final}", final=SEARCH_FINALS),
         search_summary=rules.search_summary.output.summary if SEARCH_FINALS else [],
         segmented=expand(rules.train_seg.output.model, seg_model=config["seg_models"]),
+        seg_searched=expand("data/seg_models/{name}", name=SEG_FINALS),
+        search_seg=rules.search_seg_fine.output.fine if SEG_FINALS else [],
     output:
         report=directory("data/evaluate"),
         metrics="metrics/evaluate.json",
@@ -25,8 +27,9 @@ rule evaluate:
             input.search_summary if SEARCH_FINALS else "none"
         ),
         # The folder of the segmentation models (their common parent), if any.
+        search_seg=lambda wildcards, input: input.search_seg if SEG_FINALS else "none",
         segmented=lambda wildcards, input: (
-            os.path.dirname(input.segmented[0]) if input.segmented else "none"
+            "data/seg_models" if input.segmented or input.seg_searched else "none"
         ),
     shell:
-        "medtailor evaluate --threads {threads} --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --search-summary {params.summary} --segmented {params.segmented} --output {output.report} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor evaluate --threads {threads} --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --search-summary {params.summary} --segmented {params.segmented} --search-seg {params.search_seg} --output {output.report} --metrics {output.metrics} > {log} 2>&1"
