@@ -42,6 +42,7 @@ bench: setup
 	python bench/calibration.py
 	python bench/ingest_vs_dcm2niix.py
 	python bench/search_overhead.py
+	python bench/search_seg_bench.py
 	python bench/detector_realdata.py
 
 clean:

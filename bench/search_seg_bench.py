@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import tempfile
 import time
@@ -104,6 +105,22 @@ def coarse_candidate_seconds(repo: Path) -> dict[str, float]:
         }
 
 
+def measure_network(
+    name: str, filters: int, patch: int, batch: int, steps: int
+) -> dict[str, float]:
+    """Counts and iteration cost of one network; run in its own process so that the peak
+    resident memory on CPU belongs to this network alone."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    operations = ["3d"] * 12 if name == "final" else [OPERATIONS] * 12
+    model = C2FNet(TOPOLOGY, operations, 1, 3, filters=filters)
+    if name == "supernet":
+        model.set_path(["3d"] * 12)  # MACs of one path: every path costs the same order
+    counts = complexity(model.to("meta"), (1, patch, patch, patch))
+    model = C2FNet(TOPOLOGY, operations, 1, 3, filters=filters)
+    return {**counts, **iteration_cost(model, patch, batch, steps, device)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--patch", type=int, default=96)
@@ -113,18 +130,13 @@ def main() -> None:
     parser.add_argument("--iterations-per-candidate", type=int, default=2000)
     args = parser.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(torch.get_num_threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads()}
-    shape = (1, args.patch, args.patch, args.patch)
-    for name, operations in (("final", ["3d"] * 12), ("supernet", [OPERATIONS] * 12)):
-        model = C2FNet(TOPOLOGY, operations, 1, 3, filters=args.filters)
-        if name == "supernet":
-            model.set_path(["3d"] * 12)
-        counts = complexity(model.to("meta"), shape)
-        model = C2FNet(TOPOLOGY, operations, 1, 3, filters=args.filters)
-        cost = iteration_cost(model, args.patch, args.batch, args.steps, device)
-        report[name] = {**counts, **cost}
+    for name in ("final", "supernet"):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            report[name] = pool.apply(
+                measure_network, (name, args.filters, args.patch, args.batch, args.steps)
+            )
         print(name, json.dumps(report[name]), flush=True)
     final = report["final"]["seconds_per_iteration"]  # type: ignore[index]
     report["study_candidate_hours_projected"] = final * args.iterations_per_candidate / 3600
