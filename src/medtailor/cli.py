@@ -20,6 +20,7 @@ from typing import Any
 
 from medtailor import __version__
 from medtailor.config import ParamsError, load_params
+from medtailor.tracking import log_step_metrics
 
 log = logging.getLogger("medtailor")
 DATA = Path("data")
@@ -54,7 +55,6 @@ def run_split(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_train_detector(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    import mlflow
 
     from medtailor.detect import run_train_detector as train
 
@@ -63,10 +63,7 @@ def run_train_detector(args: argparse.Namespace, params: dict[str, Any]) -> Resu
         log.info("detector.source is external: the built-in detector is not trained")
         return {"skipped": 1}, []
 
-    def sink(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
-
-    summary = train(args.input, args.split, args.output, params, sink)
+    summary = train(args.input, args.split, args.output, params, log_step_metrics)
     return summary, sorted(args.output.glob("*.pt"))
 
 
@@ -105,9 +102,7 @@ def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
         mlflow.set_tag("medtailor.model", args.model)
         mlflow.log_params(flatten(model_entry(params, args.model), "model."))
-
-        def sink(metrics: dict[str, float], step: int) -> None:
-            mlflow.log_metrics(metrics, step=step)
+        sink = log_step_metrics
 
     summary = train(args.model, args.input, output, state, params, sink)
     artifacts = [output / name for name in ("best.pt", "predictions.parquet", "history.csv")]
@@ -196,11 +191,10 @@ def run_search_final(args: argparse.Namespace, params: dict[str, Any]) -> Result
     scorer = CandidateScorer(args.patches, args.resample, args.split, params)
     mlflow.set_tag("medtailor.model", args.name)
 
-    def sink(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
-
     state = args.state or DATA / "train_state" / args.name
-    summary = train_final(args.name, args.input, args.output, scorer, state, params, sink)
+    summary = train_final(
+        args.name, args.input, args.output, scorer, state, params, log_step_metrics
+    )
     folder = args.output / args.name
     return summary, [folder / name for name in ("best.pt", "predictions.parquet", "history.csv")]
 
@@ -238,11 +232,10 @@ def run_train_seg(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     mlflow.set_tag("medtailor.model", args.model)
     mlflow.log_params(flatten(seg_entry(params, args.model), "model."))
 
-    def sink(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics(metrics, step=step)
-
     ingest = None if str(args.ingest) == "none" else args.ingest
-    summary = train_seg(args.model, args.input, args.split, ingest, output, state, params, sink)
+    summary = train_seg(
+        args.model, args.input, args.split, ingest, output, state, params, log_step_metrics
+    )
     artifacts = [output / name for name in ("best.pt", "dice.parquet", "history.csv")]
     return summary, artifacts
 
@@ -273,17 +266,11 @@ def run_search_seg_tell(args: argparse.Namespace, params: dict[str, Any]) -> Res
     return summary, [generation_dir(args.output, args.generation) / "history.json"]
 
 
-def _log_steps(metrics: dict[str, float], step: int) -> None:
-    import mlflow
-
-    mlflow.log_metrics(metrics, step=step)
-
-
 def run_search_seg_fine(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     from medtailor.search_seg.fine import run_fine_search
 
     summary = run_fine_search(
-        args.search, args.input, args.split, args.state, args.output, params, _log_steps
+        args.search, args.input, args.split, args.state, args.output, params, log_step_metrics
     )
     figures = [Path(p) for p in summary.pop("figures")]
     files = ("selection.json", "history.csv", "fine_scores.csv")
@@ -306,7 +293,15 @@ def run_search_seg_final(args: argparse.Namespace, params: dict[str, Any]) -> Re
     ingest = None if str(args.ingest) == "none" else args.ingest
     mlflow.set_tag("medtailor.model", args.name)
     summary = train_final(
-        args.name, args.input, args.resample, args.split, ingest, output, state, params, _log_steps
+        args.name,
+        args.input,
+        args.resample,
+        args.split,
+        ingest,
+        output,
+        state,
+        params,
+        log_step_metrics,
     )
     return summary, [output / name for name in ("best.pt", "dice.parquet", "history.csv")]
 

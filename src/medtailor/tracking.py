@@ -107,6 +107,15 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
         yield run
 
 
+def log_step_metrics(metrics: Mapping[str, float], step: int) -> None:
+    """The metric sink of every training loop: per-epoch metrics onto the active MLflow
+    run (the stage's, or a candidate's child run); nothing outside a run."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(dict(metrics), step=step)
+
+
 def child_run(name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
     """A nested MLflow run of the current stage run (a search candidate), or a null context
     outside one; yields the run or None."""

@@ -36,7 +36,7 @@ import pandas as pd
 from medtailor.imageio import atomic_output
 from medtailor.search.evolution import SearchPlan, ask_generation, best_so_far
 from medtailor.search.spaces import create_space
-from medtailor.tracking import child_run
+from medtailor.tracking import child_run, log_step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +224,7 @@ def run_candidate(
         elif twin is not None:
             record.update(score=None, status="twin", twin=twin)
         else:
-            import mlflow
-
-            def sink(metrics: dict[str, float], step: int) -> None:
-                if run is not None and mlflow.active_run() is not None:
-                    mlflow.log_metrics(metrics, step=step)
-
+            sink = log_step_metrics if run is not None else None
             entry = candidate_entry(params, record["canonical"], "recipe")
             result = train_candidate(record["key"], entry, scorer, state_root, params, sink)
             record.update(

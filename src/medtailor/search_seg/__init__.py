@@ -34,7 +34,7 @@ import numpy as np
 from medtailor.search import generation_dir, read_history, train_once, write_json
 from medtailor.search_seg.coarse import CoarsePlan, ask_coarse, best_record
 from medtailor.search_seg.space import cluster_topologies, enumerate_topologies
-from medtailor.tracking import child_run
+from medtailor.tracking import child_run, log_step_metrics
 
 FINAL_NAME = "c2fnas_searched"
 
@@ -163,13 +163,7 @@ def run_coarse_candidate(
         {"medtailor.candidate": record["key"], "medtailor.generation": generation},
         {"levels": json.dumps(record["levels"]), "cluster": record["cluster"], "index": index},
     ) as run:
-        sink = None
-        if run is not None:
-            import mlflow
-
-            def sink(metrics: dict[str, float], step: int) -> None:
-                mlflow.log_metrics(metrics, step=step)
-
+        sink = log_step_metrics if run is not None else None
         entry = candidate_entry(params, record["levels"], "3d", "recipe")
         result = train_topology(
             record["key"], entry, resample_dir, split_csv, state_root, int(params["seed"]), sink
