@@ -23,6 +23,8 @@ from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 from torch import nn
 
+from medtailor.figures import pyplot, save_figure
+
 MIN_CAM_SIDE = 7
 
 
@@ -98,11 +100,7 @@ def gradcam_figure(
     title: str,
 ) -> Path:
     """One row per case: the patch and its Grad-CAM (class "lesion") overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     maps = gradcam_maps(model, images, images.shape[-1])
     fig, axes = plt.subplots(
         2, max(len(cases), 1), figsize=(2.2 * max(len(cases), 1), 4.6), squeeze=False
@@ -118,10 +116,7 @@ def gradcam_figure(
         for row in range(2):
             axes[0 + row, column].axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def pick_cases(frame: pd.DataFrame, threshold: float, per_outcome: int, seed: int) -> pd.DataFrame:

@@ -10,16 +10,8 @@ import pandas as pd
 import torch
 
 from medtailor.evaluate.segmentation import REPORTED_PATCH
+from medtailor.figures import pyplot, save_figure
 from medtailor.patches.store import PatchStore
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def gradcam_for_model(
@@ -90,9 +82,8 @@ def froc_axis(ax: Any, low: float) -> None:
 def _figures(
     summary: dict, table: pd.DataFrame, roc: pd.DataFrame, froc: pd.DataFrame, out: Path, cfg: dict
 ) -> dict[str, str]:
-    plt = _plt()
+    plt = pyplot()
     figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     made = {}
 
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
@@ -101,8 +92,7 @@ def _figures(
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test split")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figures / "roc.png", dpi=120)
+    save_figure(fig, figures / "roc.png")
     made["roc"] = "figures/roc.png"
 
     low, high = cfg["froc"]["aufroc_fppi"]
@@ -119,8 +109,7 @@ def _figures(
     froc_axis(ax, low)
     ax.set(xlabel="false positives per image", ylabel="study-wise recall", title="FROC, test split")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figures / "froc.png", dpi=120)
+    save_figure(fig, figures / "froc.png")
     made["froc"] = "figures/froc.png"
 
     sized = table.dropna(subset=["parameters", "test_auc"]) if len(table) else table
@@ -148,8 +137,7 @@ def _figures(
                 ax.annotate(label, (parameters / 1e6, group["test_auc"].max()), fontsize=7)
             ax.set(xscale="log", xlabel="parameters (millions)", ylabel="test AUC")
         ax.set_title("AUC vs parameters")
-        fig.tight_layout()
-        fig.savefig(figures / "auc_vs_parameters.png", dpi=120)
+        save_figure(fig, figures / "auc_vs_parameters.png")
         made["auc_vs_parameters"] = "figures/auc_vs_parameters.png"
 
     boost = (
@@ -173,10 +161,8 @@ def _figures(
             "patient bootstrap of the paired difference)",
         )
         ax.title.set_fontsize(8)
-        fig.tight_layout()
-        fig.savefig(figures / "pretraining_boost.png", dpi=120)
+        save_figure(fig, figures / "pretraining_boost.png")
         made["pretraining_boost"] = "figures/pretraining_boost.png"
-    plt.close("all")
     return made
 
 
@@ -266,7 +252,7 @@ def _search_lines(summary: dict, level: int, replicates: int) -> list[str]:
 
 def detector_recall_figure(table: pd.DataFrame, out: Path) -> str:
     """Lesion recall against the candidates kept per image, one line per split."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
     for split, part in table.groupby("split", sort=False):
         lesions = int(part["lesions"].iloc[0])
@@ -283,11 +269,7 @@ def detector_recall_figure(table: pd.DataFrame, out: Path) -> str:
         title="Detector: recall vs candidates per image",
     )
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "figures" / "detector_recall.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "figures" / "detector_recall.png")
     return "figures/detector_recall.png"
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from medtailor.evaluate.stats import bootstrap_metric, holm
+from medtailor.figures import pyplot, save_figure
 
 # The patch at which every segmentation network's MACs are reported (the C2FNAS study's).
 REPORTED_PATCH = (96, 96, 96)
@@ -159,11 +160,7 @@ def evaluate_segmentation(
 
 def dice_curves(folders: dict[str, Path], out_dir: Path) -> Path | None:
     """Validation mean Dice along training of every segmentation model (history.csv)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     drawn = 0
     for name, folder in sorted(folders.items()):
@@ -180,12 +177,7 @@ def dice_curves(folders: dict[str, Path], out_dir: Path) -> Path | None:
     ax.set_ylim(0, 1)
     ax.set_title("Segmentation training")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "figures" / "segmentation_dice_curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "figures" / "segmentation_dice_curves.png")
 
 
 def search_seg_section(fine_dir: Path, out_dir: Path) -> dict:

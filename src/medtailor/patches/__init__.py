@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from medtailor.figures import pyplot, save_figure
 from medtailor.imageio import first_channel, load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
@@ -186,11 +187,7 @@ def _recall(lesions: pd.DataFrame, found: set[str]) -> float:
 
 
 def write_iou_histogram(index: pd.DataFrame, plots_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     plots_dir.mkdir(parents=True, exist_ok=True)
     edges = np.linspace(0, 1, 21)
     table = pd.DataFrame({"iou_low": edges[:-1], "iou_high": edges[1:]})
@@ -204,6 +201,4 @@ def write_iou_histogram(index: pd.DataFrame, plots_dir: Path) -> None:
     ax.set_ylabel("candidates")
     ax.set_yscale("symlog")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(plots_dir / "patches_iou.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, plots_dir / "patches_iou.png")

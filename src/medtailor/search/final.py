@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtailor.figures import pyplot, save_figure
 from medtailor.search import CandidateScorer, candidate_entry, final_history, write_json
 from medtailor.search.evolution import loss_of
 from medtailor.search.spaces import create_space
@@ -64,21 +65,11 @@ def choose_finalists(history: list[dict[str, Any]], count: int) -> list[dict[str
     return ranked[:count]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def search_figures(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Score of every candidate along the search (best so far, reference line); score
     against parameters and MACs; fraction of genes mutated per generation."""
-    plt = _plt()
+    plt = pyplot()
     figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     scored = table[table["score"].notna()]
     reference = table.iloc[0]["score"] if len(table) else None
 
@@ -100,10 +91,7 @@ def search_figures(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax.set_ylabel("validation AUFROC")
     ax.set_title("Search: validation score of every candidate")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = [figures / "search_scores.png"]
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths = [save_figure(fig, figures / "search_scores.png")]
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, column, unit, scale in (
@@ -124,10 +112,7 @@ def search_figures(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xlabel(unit)
     axes[0].set_ylabel("validation AUFROC")
     fig.suptitle("Search: size against score")
-    fig.tight_layout()
-    paths.append(figures / "search_size.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, figures / "search_size.png"))
 
     rates = table.groupby("generation")["mutated_fraction"].mean()
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
@@ -136,10 +121,7 @@ def search_figures(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax.set_ylabel("fraction of genes mutated")
     ax.set_ylim(0, 1)
     ax.set_title("Search: mutation rate per generation (vs. best so far)")
-    fig.tight_layout()
-    paths.append(figures / "search_mutation.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, figures / "search_mutation.png"))
     return paths
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtailor.figures import pyplot, save_figure
 from medtailor.imageio import atomic_output
 from medtailor.search import write_json
 from medtailor.search_seg import candidate_entry, coarse_history, final_names, topology_space
@@ -149,13 +150,8 @@ def search_figures(
 ) -> list[Path]:
     """Cluster proportions along the coarse search (the study's Figure 4), the coarse
     scores, the fine search's score distribution and the selected network drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     paths = []
 
     shares = cluster_proportions(table.to_dict("records"), clusters)
@@ -170,10 +166,7 @@ def search_figures(
     ax.set_ylim(0, 1)
     ax.set_title("Coarse search: where the evaluated topologies come from")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
-    fig.tight_layout()
-    paths.append(figures / "coarse_clusters.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, figures / "coarse_clusters.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     axes[0].scatter(table["order"] + 1, table["score"], c=table["cluster"], cmap="tab10", s=16)
@@ -188,10 +181,7 @@ def search_figures(
     axes[1].set_ylabel("assignments")
     axes[1].set_title("Fine search")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(figures / "search_scores.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, figures / "search_scores.png"))
 
     paths.append(draw_network(selection["levels"], selection["operations"], figures))
     return paths
@@ -199,8 +189,7 @@ def search_figures(
 
 def draw_network(levels: list[int], operations: list[str], figures: Path) -> Path:
     """The selected network: one box per cell at its level, coloured by operation."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"3d": "C0", "p3d": "C1", "2d": "C2"}
     nodes = [0, *levels]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(nodes)), 3.2))
@@ -215,11 +204,7 @@ def draw_network(levels: list[int], operations: list[str], figures: Path) -> Pat
     ax.set_ylabel("level (resolution / 2^(level+1))")
     ax.set_title("Selected network: " + "-".join(map(str, levels)))
     ax.legend(fontsize=8, ncol=4, loc="lower center")
-    fig.tight_layout()
-    path = figures / "selected_network.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, figures / "selected_network.png")
 
 
 def run_search_seg_final(

@@ -37,6 +37,7 @@ from medtailor.search_seg.space import OPERATIONS
 
 NORM = ("INSTANCE", {"affine": True})
 ACT = "RELU"
+HE_NEGATIVE_SLOPE = 0.01  # nnU-Net's InitWeights_He(1e-2)
 
 
 def validate_levels(levels: Sequence[int], max_level: int = 3) -> list[int]:
@@ -172,6 +173,15 @@ class C2FNet(nn.Module):
         )
         # The input must halve cleanly down to the deepest level the topology reaches.
         self.size_divisor = 2 ** (1 + max(self.levels, default=0))
+        # He initialisation, as nnU-Net and MONAI's DynUNet start theirs. With PyTorch's
+        # default (a variance six times smaller) the demo's searched network picked up the
+        # lesion class in 3 of 5 seeds within 60 epochs; with He in all seeds tried
+        # (docs/stages.md, train_seg).
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, a=HE_NEGATIVE_SLOPE)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     @property
     def choices(self) -> list[list[str]]:
