@@ -43,6 +43,7 @@ bench: setup
 	python bench/ingest_vs_dcm2niix.py
 	python bench/search_overhead.py
 	python bench/search_seg_bench.py
+	python bench/seg_seed_robustness.py
 	python bench/detector_realdata.py
 
 clean:

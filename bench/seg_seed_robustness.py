@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 
 import medtailor.train_seg.models as seg_models
@@ -39,11 +40,14 @@ LEARNED = 0.3
 
 
 class PyTorchInitC2FNet(C2FNet):
-    """C2FNet with PyTorch's default convolution initialisation restored."""
+    """C2FNet as it was built before He initialisation: PyTorch's default convolution
+    initialisation, drawn from the same random state, so a seed gives the old weights."""
 
     def __init__(self, *args, **kwargs) -> None:
+        state = torch.get_rng_state()
         super().__init__(*args, **kwargs)
-        for module in self.modules():
+        torch.set_rng_state(state)
+        for module in self.modules():  # registration order is construction order here
             if isinstance(module, nn.Conv3d):
                 module.reset_parameters()
 

@@ -173,10 +173,11 @@ class C2FNet(nn.Module):
         )
         # The input must halve cleanly down to the deepest level the topology reaches.
         self.size_divisor = 2 ** (1 + max(self.levels, default=0))
-        # He initialisation, as nnU-Net and MONAI's DynUNet start theirs. With PyTorch's
-        # default (a variance six times smaller) the demo's searched network picked up the
-        # lesion class in 3 of 5 seeds within 60 epochs; with He in all seeds tried
-        # (docs/stages.md, train_seg).
+        # He initialisation of every convolution, the classifier's included, as nnU-Net and
+        # MONAI's DynUNet start theirs. With PyTorch's default (a variance six times
+        # smaller) the demo's searched network ended below lesion Dice 0.3 in 3 of 9 seeds;
+        # with He in none; He everywhere but the classifier failed one of those seeds again
+        # (docs/benchmarks.md, bench/seg_seed_robustness.py).
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, a=HE_NEGATIVE_SLOPE)
