@@ -77,25 +77,18 @@ def iteration_cost(
 
 def coarse_candidate_seconds(repo: Path) -> dict[str, float]:
     """One coarse candidate of the demo's settings, on freshly made synthetic volumes."""
+    from demo_volumes import prepare_demo_volumes
+
     from medtailor.config import load_params
-    from medtailor.ingest import run_ingest
-    from medtailor.resample import run_resample
     from medtailor.search_seg import candidate_entry, train_topology
-    from medtailor.split import run_split
-    from medtailor.synth import generate_dataset
 
     params = load_params(repo / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_dataset(params, root / "synth")
-        run_ingest(root / "synth", root / "ingest", params)
-        run_resample(root / "ingest", root / "resample", params)
-        run_split(root / "resample", root / "split.csv", params)
+        resample_dir, split_csv = prepare_demo_volumes(params, root)
         entry = candidate_entry(params, TOPOLOGY, "3d", "recipe")
         started = time.perf_counter()
-        result = train_topology(
-            "bench", entry, root / "resample", root / "split.csv", root / "state", 0
-        )
+        result = train_topology("bench", entry, resample_dir, split_csv, root / "state", 0)
         return {
             "seconds": time.perf_counter() - started,
             "epochs": entry["epochs"],

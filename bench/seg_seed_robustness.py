@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from demo_volumes import prepare_demo_volumes
 from torch import nn
 
 import medtailor.train_seg.models as seg_models
 from medtailor.config import load_params
-from medtailor.ingest import run_ingest
-from medtailor.resample import run_resample
 from medtailor.search_seg import candidate_entry, train_topology
-from medtailor.split import run_split
-from medtailor.synth import generate_dataset
 from medtailor.train_seg.c2fnas import C2FNet
 
 # What `make demo` selected with seed 20261121 before C2FNet started from He initialisation
@@ -52,12 +49,12 @@ class PyTorchInitC2FNet(C2FNet):
                 module.reset_parameters()
 
 
-def train_one(params: dict, root: Path, init: str, seed: int) -> dict:
+def train_one(params: dict, volumes: tuple[Path, Path], root: Path, init: str, seed: int) -> dict:
     seg_models.C2FNet = PyTorchInitC2FNet if init == "pytorch" else C2FNet
     entry = candidate_entry(params, LEVELS, OPERATIONS, "final_recipe")
     name = f"{init}_seed{seed}"
     started = time.perf_counter()
-    result = train_topology(name, entry, root / "resample", root / "split.csv", root, seed)
+    result = train_topology(name, entry, *volumes, root, seed)
     history = pd.read_csv(root / name / "model" / "history.csv")
     validated = history[history["val_dice_mean"].notna()]
     epochs, lesion, bone = (validated[c] for c in ("epoch", "val_dice_lesion", "val_dice_bone"))
@@ -86,13 +83,10 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_dataset(params, root / "synth")
-        run_ingest(root / "synth", root / "ingest", params)
-        run_resample(root / "ingest", root / "resample", params)
-        run_split(root / "resample", root / "split.csv", params)
+        volumes = prepare_demo_volumes(params, root)
         for init in args.inits:
             for seed in args.seeds:
-                runs.append(train_one(params, root, init, seed))
+                runs.append(train_one(params, volumes, root, init, seed))
                 print(json.dumps(runs[-1], default=str), flush=True)
     summary = {
         init: f"{sum(r['learned_lesions'] for r in runs if r['init'] == init)} of "

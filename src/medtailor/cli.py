@@ -55,7 +55,6 @@ def run_split(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_train_detector(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-
     from medtailor.detect import run_train_detector as train
 
     if params["detector"]["source"] == "external":
