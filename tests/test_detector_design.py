@@ -1,5 +1,5 @@
-"""The detector's design: anchors planned from the training boxes, and pre-trained timm
-backbones under the feature pyramid at the strides the anchors expect."""
+"""The detector's design: anchors and training crop planned from the training boxes, and
+pre-trained timm backbones under the feature pyramid at the strides the anchors expect."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from medtailor.detect.model import build_detector, feature_extractor
-from medtailor.detect.planning import centred_iou, mean_best_iou, plan_anchors
+from medtailor.detect.planning import (
+    centred_iou,
+    input_divisor,
+    mean_best_iou,
+    plan_anchors,
+    plan_patch_size,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -81,6 +87,34 @@ def test_centred_iou_is_the_overlap_of_boxes_sharing_a_centre():
 def test_a_plan_needs_boxes():
     with pytest.raises(ValueError, match="no training box"):
         plan_anchors(np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="no training box"):
+        plan_patch_size(np.zeros((0, 4)), [2, 3], np.array([[512, 512]]))
+
+
+LARGE_IMAGES = np.array([[1024, 900], [800, 1200], [1000, 1000]])
+
+
+def test_the_planned_crop_holds_all_but_the_largest_boxes_whole():
+    # 2:1 boxes 20 to 200 pixels long: a 2:1 crop, each side the first multiple of the
+    # divisor (64 for stages 1-4) at or above the 99th-percentile extent.
+    heights = np.geomspace(10, 100, 200)
+    extents = np.stack([2 * heights, heights], 1)
+    size = plan_patch_size(boxes_of(extents), [1, 2, 3, 4], LARGE_IMAGES)
+    assert size == [256, 128]
+    needed = np.percentile(extents, 99, axis=0)
+    assert np.all(np.asarray(size) >= needed) and np.all(np.asarray(size) - 64 < needed)
+
+
+def test_the_planned_crop_keeps_two_coarse_cells_and_stays_within_the_images():
+    tiny = boxes_of(np.full((30, 2), 6.0))
+    # Stages 2-3 (divisor 32): two cells of the pooled level, however small the boxes.
+    assert plan_patch_size(tiny, [2, 3], LARGE_IMAGES) == [64, 64]
+    # Boxes larger than the images: the crop is the median image, padded to the divisor.
+    huge = boxes_of(np.full((30, 2), 500.0))
+    assert plan_patch_size(huge, [1, 2], np.array([[200, 150], [210, 150], [190, 140]])) == [
+        208,
+        160,
+    ]
 
 
 TIMM_CFG = {
@@ -111,6 +145,23 @@ def test_a_timm_backbone_pyramid_has_the_strides_the_anchors_expect(returned_lay
     # MONAI's ResNet under the same settings gives the same strides.
     resnet = feature_extractor(2, {**cfg, "backbone": "resnet", "backbone_depth": 10, "width": 8})
     assert [128 // m.shape[-1] for m in resnet(torch.rand(1, 1, 128, 128)).values()] == strides
+
+
+@pytest.mark.parametrize("returned_layers", [[1], [2, 3], [1, 2, 3, 4]])
+def test_the_input_divisor_keeps_every_pyramid_level_at_its_stride(returned_layers):
+    cfg = {**TIMM_CFG, "returned_layers": returned_layers}
+    divisor = input_divisor(returned_layers)
+    expected = [2 ** (k + 1) for k in returned_layers]
+    expected.append(2 * expected[-1])  # the pyramid's pooled level
+    for name in ("efficientnet_lite0", "resnet"):
+        extractor = feature_extractor(
+            2, {**cfg, "backbone": name, "backbone_depth": 10, "width": 8}, pretrained=False
+        ).eval()
+        maps = extractor(torch.rand(1, 1, 3 * divisor, 3 * divisor)).values()
+        assert [3 * divisor / m.shape[-1] for m in maps] == expected
+        # Half the divisor is not enough: the pooled level rounds up and its stride drifts.
+        maps = extractor(torch.rand(1, 1, 3 * divisor // 2, 3 * divisor // 2)).values()
+        assert [3 * divisor / 2 / m.shape[-1] for m in maps] != expected
 
 
 def test_the_pretrained_backbone_carries_imagenet_weights_and_its_normalisation():
@@ -162,22 +213,29 @@ def test_volumes_keep_the_resnet_and_a_timm_volume_backbone_is_refused():
 
 
 @pytest.mark.slow
-def test_auto_anchors_are_planned_written_and_carried_by_the_checkpoint(detection_run, tmp_path):
+def test_auto_anchors_and_crop_are_planned_written_and_carried_by_the_checkpoint(
+    detection_run, tmp_path
+):
+    from medtailor.config import validate_params
     from medtailor.detect.training import load_checkpoint, run_train_detector
 
     params = copy.deepcopy(detection_run["params"])
     params["detector"]["radiograph"].update(
-        {"base_anchor_shapes": "auto", "epochs": 1, "validate_every": 1}
+        {"base_anchor_shapes": "auto", "patch_size": "auto", "epochs": 1, "validate_every": 1}
     )
+    validate_params(params)  # auto is a valid crop size
     params["detector"]["volume"]["epochs"] = 1
     summary = run_train_detector(
         detection_run["root"] / "resample", detection_run["split_csv"], tmp_path, params
     )
-    plan = json.loads((tmp_path / "radiograph_anchor_plan.json").read_text())
-    assert not (tmp_path / "volume_anchor_plan.json").exists()  # given shapes stay given
+    plan = json.loads((tmp_path / "radiograph_plan.json").read_text())
+    assert not (tmp_path / "volume_plan.json").exists()  # given shapes stay given
     checkpoint = load_checkpoint(tmp_path / "radiograph.pt")
     assert checkpoint["config"]["base_anchor_shapes"] == plan["base_anchor_shapes"]
     assert checkpoint["config"]["returned_layers"] == plan["returned_layers"]
+    assert checkpoint["config"]["patch_size"] == plan["patch_size"]
+    assert plan["divisor"] == input_divisor(plan["returned_layers"])
+    assert all(side % plan["divisor"] == 0 for side in plan["patch_size"])
     assert summary["radiograph_anchor_mean_best_iou"] == plan["mean_best_iou"]
     # The synthetic lesions (roughly 28 to 49 pixels) are near-square ellipses.
     assert 20 <= plan["box_size_percentiles"]["50"] <= 60

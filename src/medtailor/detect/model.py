@@ -16,6 +16,8 @@ from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork,
 from monai.networks.nets import resnet
 from torch import nn
 
+from medtailor.detect.planning import input_divisor
+
 RESNET_LAYERS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 MONAI_RESNET = "resnet"
 
@@ -122,15 +124,12 @@ def build_detector(
         base_anchor_shapes=[[float(v) for v in shape] for shape in cfg["base_anchor_shapes"]],
     )
     extractor = feature_extractor(spatial_dims, cfg, pretrained)
-    # Padding must survive every downsampling: stage k has stride 2 ** (k + 1), the
-    # pyramid's pooled level 2 more, and MONAI's heads need one more even division.
-    size_divisible = 2 * 2 * 2 ** max(returned_layers) * 2
     network = RetinaNet(
         spatial_dims=spatial_dims,
         num_classes=1,
         num_anchors=anchors.num_anchors_per_location()[0],
         feature_extractor=extractor,
-        size_divisible=size_divisible,
+        size_divisible=input_divisor(returned_layers),
     )
     detector = RetinaNetDetector(network=network, anchor_generator=anchors, debug=False)
     detector.set_target_keys(box_key="boxes", label_key="labels")

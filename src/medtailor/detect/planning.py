@@ -1,9 +1,11 @@
-"""Anchor shapes and pyramid levels planned from the training boxes (as nnDetection plans them).
+"""Anchor shapes, pyramid levels and training crop planned from the training boxes (as
+nnDetection plans them).
 
 RetinaNet places, on pyramid level l, every base anchor shape scaled by 2**l. The plan picks
 the base shapes (their aspect ratios by k-means on the boxes' log-shapes, their size by the
 best mean IoU between each box and its closest anchor) and the levels the box sizes need,
-so that a user's lesions, whatever their size and elongation, meet anchors that fit them.
+so that a user's lesions, whatever their size and elongation, meet anchors that fit them;
+and a training crop (also the sliding window) that holds the large lesions whole.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ FIRST_STAGE, LAST_STAGE = 1, 4
 # RetinaNet's anchors are 4 to 8 strides wide (32 px on the stride-8 level).
 ANCHOR_STRIDES = 4
 SIZE_PERCENTILE = 99
+
+
+def input_divisor(returned_layers: list[int]) -> int:
+    """What every input side must be a multiple of: stage k has stride 2 ** (k + 1) and the
+    pyramid's pooled level doubles the coarsest, so each level's stride stays exact."""
+    return 2 ** (max(returned_layers) + 2)
 
 
 def box_extents(boxes: np.ndarray) -> np.ndarray:
@@ -111,16 +119,45 @@ def plan_anchors(
     }
 
 
+def plan_patch_size(
+    boxes: np.ndarray, returned_layers: list[int], image_shapes: np.ndarray
+) -> list[int]:
+    """The training crop: along each axis, the ``SIZE_PERCENTILE``-th percentile box extent
+    (the size the anchor levels are planned to reach), so that all but the largest lesions
+    fit whole, rounded up to the network's input divisor; at least two cells of the coarsest
+    level, and no larger than the median image (padded to the divisor), which a bigger crop
+    would only pad."""
+    extents = box_extents(boxes)
+    if len(extents) == 0:
+        raise ValueError("no training box to plan the crop from")
+    divisor = input_divisor(returned_layers)
+    needed = np.maximum(np.percentile(extents, SIZE_PERCENTILE, axis=0), 2 * divisor)
+    largest = np.ceil(np.median(np.asarray(image_shapes, float), axis=0) / divisor) * divisor
+    size = np.minimum(np.ceil(needed / divisor) * divisor, np.maximum(largest, divisor))
+    return [int(v) for v in size]
+
+
 def resolve_detector_config(
-    cfg: Mapping[str, Any], training_boxes: list[np.ndarray], seed: int
+    cfg: Mapping[str, Any],
+    training_boxes: list[np.ndarray],
+    image_shapes: list[tuple[int, ...]],
+    seed: int,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The detector configuration to build (``auto`` anchors replaced by their plan) and
-    the plan (None when the anchors were given)."""
+    """The detector configuration to build (``auto`` anchors and crop replaced by their
+    plan) and the plan (None when both were given)."""
     resolved = dict(cfg)
-    if resolved["base_anchor_shapes"] != "auto":
-        return resolved, None
+    plan: dict[str, Any] = {}
     boxes = [b for b in training_boxes if len(b)]
-    plan = plan_anchors(np.concatenate(boxes) if boxes else np.zeros((0, 4)), seed=seed)
-    resolved["base_anchor_shapes"] = plan["base_anchor_shapes"]
-    resolved["returned_layers"] = plan["returned_layers"]
-    return resolved, plan
+    ndim = len(image_shapes[0]) if image_shapes else 2
+    stacked = np.concatenate(boxes) if boxes else np.zeros((0, 2 * ndim))
+    if resolved["base_anchor_shapes"] == "auto":
+        plan = plan_anchors(stacked, seed=seed)
+        resolved["base_anchor_shapes"] = plan["base_anchor_shapes"]
+        resolved["returned_layers"] = plan["returned_layers"]
+    if resolved["patch_size"] == "auto":
+        resolved["patch_size"] = plan_patch_size(
+            stacked, [int(v) for v in resolved["returned_layers"]], np.asarray(image_shapes)
+        )
+        plan["patch_size"] = resolved["patch_size"]
+        plan["divisor"] = input_divisor([int(v) for v in resolved["returned_layers"]])
+    return resolved, plan or None

@@ -107,12 +107,15 @@ def train_kind(
     name = kind if fold is None else f"{kind}_fold{fold}"
     seed = int(params["seed"])
     cfg, plan = resolve_detector_config(
-        params["detector"][kind], [item.boxes for item in train], seed
+        params["detector"][kind],
+        [item.boxes for item in train],
+        [item.image.shape for item in train],
+        seed,
     )
     if plan is not None:
-        log.info("%s anchors planned from %d training boxes: %s", name, plan["boxes"], plan)
+        log.info("%s planned from the training boxes: %s", name, plan)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}_anchor_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        (out_dir / f"{name}_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     run_device = device()
@@ -190,7 +193,7 @@ def train_kind(
     if not val:  # nothing to choose on: keep the last epoch
         save_torch(checkpoint(epochs, float("nan")), detector_file(out_dir, kind, fold))
     history[f"{name}_best_val_recall"] = best
-    if plan is not None:
+    if plan is not None and "mean_best_iou" in plan:
         history[f"{name}_anchor_mean_best_iou"] = plan["mean_best_iou"]
     history[f"{name}_seconds"] = round(time.perf_counter() - started, 1)
     history[f"{name}_train_images"] = len(train)
@@ -211,7 +214,7 @@ def run_train_detector(
     sink = sink or (lambda metrics, step: None)
     manifest = manifest_with_split(resample_dir, split_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.pt"), *out_dir.glob("*_anchor_plan.json"), out_dir / FOLDS_FILE]:
+    for stale in [*out_dir.glob("*.pt"), *out_dir.glob("*_plan.json"), out_dir / FOLDS_FILE]:
         stale.unlink(missing_ok=True)
     folds = int(params["detector"]["train_folds"])
     train_patients = manifest.loc[manifest["split"] == "train", "patient_id"].tolist()
