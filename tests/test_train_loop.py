@@ -65,7 +65,9 @@ def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, tmp_
     # rule), and on a test split of ~30 patches three of them cap the AUC near 0.82 for a
     # model that recognises every fracture.
     clear = test[(test["label"] == 1) | (test["best_iou"] < 0.2)]
-    assert (clear["label"] == 0).sum() >= 10 and (clear["label"] == 1).sum() >= 8
+    # Enough of each for the AUC to mean something (64 pairs or more; the detector's test
+    # candidates leave 8 clear negatives and 12 positives since its input divisor was fixed).
+    assert (clear["label"] == 0).sum() >= 8 and (clear["label"] == 1).sum() >= 8
     assert roc_auc_score(clear["label"], clear["prob"]) > 0.85
     assert set(predictions["split"]) == {"val", "test"}
     assert predictions["prob"].between(0, 1).all()
