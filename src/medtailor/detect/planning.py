@@ -155,9 +155,7 @@ def resolve_detector_config(
         resolved["base_anchor_shapes"] = plan["base_anchor_shapes"]
         resolved["returned_layers"] = plan["returned_layers"]
     if resolved["patch_size"] == "auto":
-        resolved["patch_size"] = plan_patch_size(
-            stacked, [int(v) for v in resolved["returned_layers"]], np.asarray(image_shapes)
-        )
-        plan["patch_size"] = resolved["patch_size"]
-        plan["divisor"] = input_divisor([int(v) for v in resolved["returned_layers"]])
+        layers = [int(v) for v in resolved["returned_layers"]]
+        resolved["patch_size"] = plan_patch_size(stacked, layers, np.asarray(image_shapes))
+        plan.update(patch_size=resolved["patch_size"], divisor=input_divisor(layers))
     return resolved, plan or None
