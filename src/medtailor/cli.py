@@ -77,10 +77,13 @@ def run_detect(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_patches(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.patches import plot_names
     from medtailor.patches import run_patches as patches
 
-    summary = patches(args.input, args.split, args.candidates, args.output, params, args.plots)
-    return summary, [args.plots / "patches_iou.png", args.plots / "patches_iou.csv"]
+    whole_image = params["patches"]["source"] == "whole_image"
+    candidates = None if whole_image else args.candidates
+    summary = patches(args.input, args.split, candidates, args.output, params, args.plots)
+    return summary, [args.plots / name for name in plot_names(params["patches"])]
 
 
 def is_rank_zero() -> bool:
@@ -391,7 +394,8 @@ STAGES = [
         "patches",
         run_patches,
         "Label candidates by IoU with the ground truth and write the patch store "
-        "(params 'patches').",
+        "(params 'patches'); with patches.source: whole_image, one sample per image of the "
+        "classes table instead (no candidates read).",
         DATA / "patches",
         {
             "input": (DATA / "resample", "resample output folder"),

@@ -86,6 +86,24 @@ def read_boxes(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+CLASSES_FILE = "classes.parquet"
+
+
+def write_classes(rows: list[dict], columns: list[str], path: Path) -> Path:
+    """Whole-image targets: ``image_id`` and ``label`` (a class name), or one float column
+    per finding (1 present, 0 absent, NaN unknown)."""
+    frame = pd.DataFrame(rows, columns=["image_id", *columns])
+    if columns != ["label"]:
+        frame[columns] = frame[columns].astype(float)
+    return _write(frame.sort_values("image_id", kind="stable"), path)
+
+
+def read_classes(folder: Path) -> pd.DataFrame | None:
+    """The whole-image targets of a stage folder, or None when the data has none."""
+    path = folder / CLASSES_FILE
+    return pd.read_parquet(path) if path.is_file() else None
+
+
 def write_audit(rows: list[dict], path: Path) -> Path:
     frame = pd.DataFrame(rows, columns=AUDIT_COLUMNS)
     return _write(frame.sort_values("source", kind="stable"), path)

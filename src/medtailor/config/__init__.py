@@ -77,6 +77,12 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
                 f"{where}: crop_class_ratios has {len(recipe['crop_class_ratios'])} values; it "
                 f"needs one per class, background first ({len(recipe['labels']) + 1})"
             )
+    if params["patches"].get("source") == "whole_image" and params["search"].get("enabled"):
+        errors.append(
+            "search.enabled is true but patches.source is whole_image: the architecture "
+            "search scores candidates by the detector's validation AUFROC, which whole images "
+            "do not have; set search.enabled: false"
+        )
     search = params.get("search_seg") or {}
     if search.get("enabled"):
         from medtailor.search_seg import final_names

@@ -57,6 +57,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def checkpoint_facts(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the report shows of a model from its own checkpoint: size, cost, configuration."""
+    config = checkpoint["config"]
+    return {
+        "parameters": checkpoint.get("parameters"),
+        "macs": checkpoint.get("macs"),
+        "init": config["init"],
+        "architecture": config["model"],
+        "config": config,
+        "search_role": checkpoint.get("search", {}).get("role"),
+    }
+
+
 def evaluate_model(
     name: str,
     frame: pd.DataFrame,
@@ -243,6 +256,11 @@ def run_evaluate(
 
     cfg, seed = params["evaluate"], int(params["seed"])
     store = PatchStore(store_dir)
+    if store.task().get("samples") == "whole_image":
+        from medtailor.evaluate.whole_image import evaluate_whole_images
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return evaluate_whole_images(models, store, out_dir, params)
     for split in ("val", "test"):
         if not ((store.index["split"] == split) & (store.index["kind"] == "radiograph")).any():
             raise EvaluationInputError(
@@ -275,16 +293,7 @@ def run_evaluate(
         model, checkpoint = load_classifier(folder / "best.pt")
         result, tables = evaluate_model(name, frame, detection, cfg, seed)
         config = checkpoint["config"]
-        result.update(
-            {
-                "parameters": checkpoint.get("parameters"),
-                "macs": checkpoint.get("macs"),
-                "init": config["init"],
-                "architecture": config["model"],
-                "config": config,
-                "search_role": checkpoint.get("search", {}).get("role"),
-            }
-        )
+        result.update(checkpoint_facts(checkpoint))
         threshold = result["test_operating_point"].get("threshold")
         if threshold is not None and int(cfg["gradcam_per_outcome"]) > 0:
             result["gradcam"] = str(

@@ -47,9 +47,15 @@ def load_predictions(path: Path, index: pd.DataFrame) -> pd.DataFrame:
             )
         if not (predictions["split"] == split).any():
             raise EvaluationInputError(f"{path}: no predictions for the {split} split")
-    merged = predictions.drop(columns=[c for c in ("label",) if c in predictions]).merge(
+    if "target" not in predictions:  # written before the target column existed: binary
+        predictions = predictions.assign(target="positive")
+    # One target: the index's label is the truth. Several (a class or finding per row):
+    # the prediction rows carry theirs, 1/0 or -1 unknown.
+    several = predictions["target"].nunique() > 1
+    truth = [] if several else ["label"]
+    merged = predictions.drop(columns=[c for c in truth if c in predictions]).merge(
         index[
-            ["patch_id", "image_id", "study_id", "patient_id", "kind", "label", "best_iou", "score"]
+            ["patch_id", "image_id", "study_id", "patient_id", "kind", *truth, "best_iou", "score"]
         ],
         on="patch_id",
     )

@@ -49,7 +49,7 @@ from medtailor.ingest.imagefiles import (
 from medtailor.ingest.nifti import align_label, is_nifti, load_nifti_checked
 from medtailor.ingest.pseudonym import Pseudonymizer
 from medtailor.spatial import affine_spacing, orientation_code
-from medtailor.tables import write_boxes, write_manifest
+from medtailor.tables import CLASSES_FILE, write_boxes, write_classes, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class _Writer:
     box_table: str
     manifest: list[dict[str, Any]] = field(default_factory=list)
     boxes: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[dict[str, Any]] = field(default_factory=list)
     used_sources: set[str] = field(default_factory=set)
     accepted_files: int = 0
     image_ids: set[str] = field(default_factory=set)
@@ -146,6 +147,11 @@ class _Writer:
         label_key = next((k for k in keys if k in self.annotations.labels), None)
         if label_key is not None:
             label_rel = self._write_label(image_id, label_key, spatial_shape, affine)
+
+        class_key = next((k for k in keys if k in self.annotations.classes), None)
+        if class_key is not None:
+            self.used_sources.add(f"classes:{class_key}")
+            self.classes.append({"image_id": image_id, **self.annotations.classes[class_key]})
 
         n_boxes = 0
         for key in keys:
@@ -614,6 +620,9 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     for key in annotations.labels:
         if f"labels:{key}" not in writer.used_sources:
             audit.reject(cfg["annotations"]["labels"], f"source {key!r} matches no ingested image")
+    for key in annotations.classes:
+        if f"classes:{key}" not in writer.used_sources:
+            audit.reject(cfg["annotations"]["classes"], f"source {key!r} matches no ingested image")
 
     audit.write(out_dir / "audit.csv")
     seconds = time.perf_counter() - started
@@ -621,6 +630,8 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         return None
     write_manifest(writer.manifest, out_dir / "manifest.parquet")
     write_boxes(writer.boxes, out_dir / "boxes.parquet")
+    if annotations.class_columns:
+        write_classes(writer.classes, annotations.class_columns, out_dir / CLASSES_FILE)
     kinds = [row["kind"] for row in writer.manifest]
     return {
         "files_seen": len(files),
@@ -632,6 +643,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         "volumes": kinds.count("volume"),
         "label_maps": sum(1 for row in writer.manifest if row["label_path"]),
         "boxes": len(writer.boxes),
+        "classified_images": len(writer.classes),
         "patients": len({row["patient_id"] for row in writer.manifest}),
         "seconds": round(seconds, 3),
         "files_per_second": round(len(files) / seconds, 2) if seconds > 0 else 0.0,

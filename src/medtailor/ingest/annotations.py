@@ -1,9 +1,16 @@
-"""Annotation tables that come with the raw data: boxes, label maps, NIfTI subjects.
+"""Annotation tables that come with the raw data: boxes, label maps, NIfTI subjects and
+whole-image classes.
 
-All three are optional CSV files under the input root (paths in params ``ingest.annotations``).
+All four are optional CSV files under the input root (paths in params ``ingest.annotations``).
 A ``source`` names an image by its path relative to the input root: a DICOM file, a NIfTI
 file, or the folder of a DICOM series (any file of the series works too). A bad row is
 written to the audit report (file, row, problem) and skipped; the rest is used.
+
+The classes table makes every image one sample of a whole-image classification task:
+``source, label`` (binary when the labels are 0 and 1, multi-class otherwise), or
+``source`` plus one column per finding (multi-label) whose cells are 1 (present),
+0 (absent) or blank (unknown). CheXpert's -1 (uncertain) counts as unknown: it is left
+out of the loss and the metrics, CheXpert's "U-Ignore" policy.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ class Annotations:
     boxes: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     labels: dict[str, str] = field(default_factory=dict)
     subjects: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # source -> {"label": class name} (single-label) or {finding: 1.0 | 0.0 | nan}.
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_columns: list[str] = field(default_factory=list)
     files: set[str] = field(default_factory=set)  # not images: kept out of discovery
 
 
@@ -79,11 +89,55 @@ def _parse_box(row: dict[str, str]) -> dict[str, Any]:
     return box
 
 
+FINDING_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "": math.nan, "-1": math.nan}
+FINDING_VALUES["-1.0"] = math.nan
+
+
+def _parse_classes(row: dict[str, str], columns: list[str]) -> dict[str, Any]:
+    """The targets of one classes.csv row (see the module docstring)."""
+    if columns == ["label"]:
+        label = (row.get("label") or "").strip()
+        if not label:
+            raise ValueError("empty label")
+        return {"label": label}
+    targets = {}
+    for column in columns:
+        text = (row.get(column) or "").strip()
+        if text not in FINDING_VALUES:
+            raise ValueError(f"{column}={text!r} is not 1, 0, -1 or blank")
+        targets[column] = FINDING_VALUES[text]
+    return targets
+
+
+def _load_classes(root: Path, rel: str, found: Annotations, audit: Audit) -> None:
+    rows = _read_rows(root / rel, rel, ["source"], audit)
+    if not rows:
+        return
+    header = [c for c in rows[0][1] if c is not None and c.strip() and c != "source"]
+    columns = ["label"] if "label" in header else header
+    if not columns:
+        audit.reject(rel, "classes table has no label or finding column; table ignored")
+        return
+    found.class_columns = columns
+    for number, row in rows:
+        source = normalise_source(row.get("source") or "")
+        try:
+            if not source:
+                raise ValueError("empty source")
+            if source in found.classes:
+                raise ValueError(f"source {source!r} is listed twice")
+            found.classes[source] = _parse_classes(row, columns)
+        except ValueError as exc:
+            audit.reject(rel, f"row {number}: {exc}; row ignored")
+
+
 def load_annotations(root: Path, tables: dict[str, str], audit: Audit) -> Annotations:
     found = Annotations()
     boxes_rel, labels_rel, subjects_rel = tables["boxes"], tables["labels"], tables["subjects"]
-    for rel in (boxes_rel, labels_rel, subjects_rel):
-        found.files.add(normalise_source(rel))
+    classes_rel = tables.get("classes", "")
+    for rel in (boxes_rel, labels_rel, subjects_rel, classes_rel):
+        if rel:
+            found.files.add(normalise_source(rel))
 
     if (root / boxes_rel).is_file():
         for number, row in _read_rows(
@@ -116,4 +170,7 @@ def load_annotations(root: Path, tables: dict[str, str], audit: Audit) -> Annota
             study = (row.get("study") or "").strip()
             found.subjects[normalise_source(row["source"])] = (patient, study)
             audit.remember_identifiers([patient])
+
+    if classes_rel and (root / classes_rel).is_file():
+        _load_classes(root, classes_rel, found, audit)
     return found

@@ -1,5 +1,8 @@
 """``medtailor patches``: the patch-classification dataset every training stage reads.
 
+With ``patches.source: whole_image`` every image of the classes table is one sample
+instead (``whole_image``), in the same store, so training and evaluation are unchanged.
+
 Candidates with score > ``patches.min_score`` are labelled by their best IoU with the
 ground truth of their image (see ``labelling``), cropped with context, resampled to the
 fixed patch size, scaled to [0, 1] like the detector input, and stored per kind and split
@@ -9,6 +12,7 @@ computed once by the split stage.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,17 @@ from medtailor.imageio import first_channel, load_nifti
 from medtailor.intensity import intensity_bounds, scale_intensity
 from medtailor.patches.crops import context_region, extract_patch
 from medtailor.patches.labelling import best_match, clip_boxes, iou_matrix, label_by_iou
-from medtailor.patches.store import FINGERPRINT, INDEX, PatchWriter, write_fingerprint
+from medtailor.patches.store import (
+    FINGERPRINT,
+    INDEX,
+    PatchWriter,
+    write_fingerprint,
+    write_task,
+)
+from medtailor.patches.whole_image import class_counts, whole_image_index
 from medtailor.split import SPLITS, manifest_with_split
-from medtailor.tables import BOX_CORNERS, box_columns, read_boxes
+from medtailor.tables import BOX_CORNERS, box_columns, read_boxes, read_classes
+from medtailor.targets import CANDIDATE_TASK, classification_task
 
 INDEX_COLUMNS = [
     "patch_id",
@@ -45,6 +57,7 @@ INDEX_COLUMNS = [
     "gt_id",
     "label",
 ]
+log = logging.getLogger(__name__)
 
 
 def label_candidates(
@@ -85,20 +98,48 @@ def label_candidates(
     return index.reindex(columns=INDEX_COLUMNS).reset_index(drop=True)
 
 
+class PatchesInputError(ValueError):
+    """The inputs cannot make the patch store asked for."""
+
+
+def plot_names(cfg: dict[str, Any]) -> tuple[str, str]:
+    """The stage's figure and its table: the IoU histogram of detector candidates, or the
+    samples per class of whole images."""
+    stem = "patches_classes" if cfg["source"] == "whole_image" else "patches_iou"
+    return f"{stem}.png", f"{stem}.csv"
+
+
 def run_patches(
     resample_dir: Path,
     split_csv: Path,
-    candidates_file: Path,
+    candidates_file: Path | None,
     out_dir: Path,
     params: dict[str, Any],
     plots_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Write the patch store: labelled detector candidates (``patches.source: candidates``)
+    or one sample per image of the classes table (``whole_image``)."""
     cfg = params["patches"]
     started = time.perf_counter()
     manifest = manifest_with_split(resample_dir, split_csv)
-    candidates = pd.read_parquet(candidates_file)
     truths = read_boxes(resample_dir / "boxes.parquet")
-    index = label_candidates(manifest, candidates, truths, cfg)
+    if cfg["source"] == "whole_image":
+        classes = read_classes(resample_dir)
+        if classes is None or classes.empty:
+            raise PatchesInputError(
+                f"{resample_dir}: patches.source is whole_image but the data has no classes "
+                "table (ingest.annotations.classes, e.g. annotations/classes.csv with source,label)"
+            )
+        task = {**classification_task(classes), "samples": "whole_image"}
+        index = whole_image_index(manifest, classes, task)
+        context, square = 0.0, True
+    else:
+        if candidates_file is None:
+            raise PatchesInputError("patches.source is candidates: give --candidates")
+        candidates = pd.read_parquet(candidates_file)
+        task = CANDIDATE_TASK
+        index = label_candidates(manifest, candidates, truths, cfg)
+        context, square = float(cfg["context"]), bool(cfg["square"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.npy"), out_dir / FINGERPRINT]:
@@ -116,7 +157,7 @@ def run_patches(
         scaled = scale_intensity(image, intensity_bounds(image, intensity))
         for _, patch in group.iterrows():
             box = patch[box_columns(ndim)].to_numpy(float)
-            low, high = context_region(box, float(cfg["context"]), bool(cfg["square"]))
+            low, high = context_region(box, context, square)
             writer.write(
                 kind,
                 patch["split"],
@@ -125,13 +166,60 @@ def run_patches(
             )
     writer.close()
     index.to_parquet(out_dir / INDEX, index=False)
+    write_task(out_dir, task)
     write_fingerprint(out_dir)
 
-    summary = summarise(index, candidates, manifest, truths, cfg)
+    if cfg["source"] == "whole_image":
+        table = class_counts(index, task)
+        summary = summarise_whole_images(index, manifest, task, table)
+    else:
+        table = None
+        summary = summarise(index, candidates, manifest, truths, cfg)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if plots_dir is not None:
-        write_iou_histogram(index, plots_dir)
+        if table is None:
+            write_iou_histogram(index, plots_dir)
+        else:
+            write_class_counts(table, task, plots_dir)
     return summary
+
+
+def summarise_whole_images(
+    index: pd.DataFrame, manifest: pd.DataFrame, task: dict[str, Any], table: pd.DataFrame
+) -> dict[str, Any]:
+    """Samples per split and class; images left out for want of a classes row."""
+    summary: dict[str, Any] = {
+        "patches": len(index),
+        "task": task["task"],
+        "classes": len(task["classes"]),
+        "images_without_class": int((~manifest["image_id"].isin(index["image_id"])).sum()),
+    }
+    if summary["images_without_class"]:
+        log.warning(
+            "%d image(s) have no row in the classes table and are left out",
+            summary["images_without_class"],
+        )
+    for split in SPLITS:
+        summary[f"{split}_images"] = int((index["split"] == split).sum())
+        for row in table.itertuples(index=False):
+            summary[f"{split}_{row[0]}"] = int(getattr(row, split))
+    return summary
+
+
+def write_class_counts(table: pd.DataFrame, task: dict[str, Any], plots_dir: Path) -> None:
+    plt = pyplot()
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    png, csv = plot_names({"source": "whole_image"})
+    table.to_csv(plots_dir / csv, index=False)
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(table) + 2), 3.5))
+    positions = np.arange(len(table))
+    for k, split in enumerate(SPLITS):
+        ax.bar(positions + (k - 1) * 0.27, table[split], width=0.27, label=split)
+    ax.set_xticks(positions, table["class"], rotation=30, ha="right")
+    what = "images with the finding" if task["task"] == "multilabel" else "images"
+    ax.set_ylabel(what)
+    ax.legend()
+    save_figure(fig, plots_dir / png)
 
 
 def lesions_found(
@@ -196,9 +284,10 @@ def write_iou_histogram(index: pd.DataFrame, plots_dir: Path) -> None:
         values = index.loc[index["split"] == split, "best_iou"].to_numpy(float)
         table[split] = np.histogram(values, edges)[0]
         ax.hist(values, edges, histtype="step", label=split)
-    table.to_csv(plots_dir / "patches_iou.csv", index=False)
+    png, csv = plot_names({"source": "candidates"})
+    table.to_csv(plots_dir / csv, index=False)
     ax.set_xlabel("best IoU with a ground-truth box")
     ax.set_ylabel("candidates")
     ax.set_yscale("symlog")
     ax.legend()
-    save_figure(fig, plots_dir / "patches_iou.png")
+    save_figure(fig, plots_dir / png)

@@ -11,18 +11,23 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medtailor.targets import CANDIDATE_TASK
+
 INDEX = "index.parquet"
 FINGERPRINT = "fingerprint.json"
+TASK = "task.json"
 
 
 def compute_fingerprint(root: Path) -> str:
     """sha256 over the index and every patch array: the identity of a store's content."""
     digest = hashlib.sha256()
-    for path in [root / INDEX, *sorted(root.glob("*.npy"))]:
+    task = [root / TASK] if (root / TASK).is_file() else []
+    for path in [root / INDEX, *task, *sorted(root.glob("*.npy"))]:
         digest.update(path.name.encode())
         with path.open("rb") as handle:
             while block := handle.read(1 << 22):
@@ -35,6 +40,11 @@ def write_fingerprint(root: Path) -> str:
     value = compute_fingerprint(root)
     (root / FINGERPRINT).write_text(json.dumps({"sha256": value}) + "\n")
     return value
+
+
+def write_task(root: Path, task: dict[str, Any]) -> None:
+    """What the store's targets mean (``medtailor.targets``): task and class names."""
+    (root / TASK).write_text(json.dumps(task) + "\n")
 
 
 def array_path(root: Path, kind: str, split: str) -> Path:
@@ -54,6 +64,11 @@ class PatchStore:
         if key not in self._arrays:
             self._arrays[key] = np.load(array_path(self.root, kind, split), mmap_mode="r")
         return self._arrays[key]
+
+    def task(self) -> dict[str, Any]:
+        """The classification task of the store (detector candidates: binary)."""
+        path = self.root / TASK
+        return json.loads(path.read_text()) if path.is_file() else dict(CANDIDATE_TASK)
 
     def fingerprint(self) -> str:
         """The content hash recorded by the patches stage (computed for older stores)."""

@@ -18,9 +18,11 @@ from medtailor.imageio import load_nifti, save_nifti, staged_folder
 from medtailor.resample.resampling import grid_map, lowres_axis, resample_image, resample_labels
 from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import (
+    CLASSES_FILE,
     box_columns,
     manifest_affine,
     read_boxes,
+    read_classes,
     read_manifest,
     write_boxes,
     write_manifest,
@@ -97,6 +99,9 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
     write_manifest(rows, out_dir / "manifest.parquet")
     all_boxes = pd.concat(new_boxes) if new_boxes else pd.DataFrame(columns=boxes.columns)
     write_boxes(all_boxes, out_dir / "boxes.parquet")
+    classes = read_classes(input_dir)
+    if classes is not None:  # whole-image targets do not move with the grid
+        classes.to_parquet(out_dir / CLASSES_FILE, index=False)
     seconds = time.perf_counter() - started
     summary = {
         "images": len(rows),

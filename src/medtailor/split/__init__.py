@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from medtailor.imageio import atomic_output
-from medtailor.tables import read_boxes, read_manifest
+from medtailor.tables import read_boxes, read_classes, read_manifest
+from medtailor.targets import positive_images
 
 SPLITS = ("train", "val", "test")
 UNIDENTIFIED_SOURCES = ("study", "file")
@@ -101,7 +102,11 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
     cfg = params["split"]
     manifest = read_manifest(input_dir / "manifest.parquet")
     boxes = read_boxes(input_dir / "boxes.parquet")
-    lesion_images = set(boxes["image_id"])
+    # Whole-image targets count like boxes: a patient with a positive image has a "lesion".
+    classes = read_classes(input_dir)
+    lesion_images = set(boxes["image_id"]) | (
+        positive_images(classes) if classes is not None else set()
+    )
     per_image = manifest.assign(has_lesion=manifest["image_id"].isin(lesion_images))
     patients = per_image.groupby("patient_id", as_index=False).agg(
         has_lesion=("has_lesion", "any"),

@@ -21,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+from medtailor.targets import CANDIDATE_TASK, output_count
 from medtailor.train.backbones import backbone_in_channels, group_of_parameters, layer_groups
 from medtailor.train.heads import create_head
 from medtailor.train.init_schemes import apply_init
@@ -156,10 +157,19 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def classifier_checkpoint(model: nn.Module, entry: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A checkpoint that carries its own configuration (the resolved entry), so the model
-    can be rebuilt from the file alone, whatever params.yaml says now."""
-    return {"model": model.state_dict(), "config": dict(entry), "num_classes": 2, **extra}
+def classifier_checkpoint(
+    model: nn.Module, entry: dict[str, Any], task: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A checkpoint that carries its own configuration (the resolved entry) and task, so the
+    model can be rebuilt from the file alone, whatever params.yaml says now."""
+    task = task or CANDIDATE_TASK
+    return {
+        "model": model.state_dict(),
+        "config": dict(entry),
+        "num_classes": output_count(task),
+        "task": dict(task),
+        **extra,
+    }
 
 
 def load_classifier(

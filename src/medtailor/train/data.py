@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from medtailor.patches.store import PatchStore
+from medtailor.targets import target_columns
 
 
 def augmentation(spec: dict[str, Any]) -> v2.Compose | None:
@@ -44,7 +45,8 @@ def balanced_indices(
 
 
 class PatchDataset(Dataset):
-    """2D patches of one split as (tensor C x H x W in [0, 1], label).
+    """2D patches of one split as (tensor C x H x W in [0, 1], target): the label (class
+    index), or for a multi-label store the vector of findings (1, 0, -1 unknown).
 
     ``labelled_only`` drops ignored (-1) candidates, as training and validation do.
     """
@@ -68,6 +70,13 @@ class PatchDataset(Dataset):
         )
         self.positions = self.rows["row"].to_numpy()
         self.labels = torch.tensor(self.rows["label"].clip(lower=0).to_numpy(), dtype=torch.long)
+        self.task = store.task()
+        # What the model learns: the label, or one column per finding (-1 unknown).
+        self.targets = (
+            torch.tensor(self.rows[target_columns(self.task)].to_numpy(), dtype=torch.long)
+            if self.task["task"] == "multilabel"
+            else self.labels
+        )
         self.input_size = input_size
         self.channels = channels
         self.transform = augmentation(augment) if augment else None
@@ -89,7 +98,7 @@ class PatchDataset(Dataset):
             )[0]
         if self.transform is not None:
             image = self.transform(image)
-        return image.expand(self.channels, -1, -1).contiguous(), self.labels[index]
+        return image.expand(self.channels, -1, -1).contiguous(), self.targets[index]
 
     def frame(self) -> pd.DataFrame:
         return self.rows

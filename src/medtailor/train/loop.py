@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -41,28 +40,62 @@ from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
 from medtailor.runtime import OPTIMIZERS, discard_stale_state, distributed_context, epoch_seed
+from medtailor.targets import CANDIDATE_TASK, output_count
 from medtailor.train.architecture import build_classifier, classifier_checkpoint
 from medtailor.train.data import PatchDataset, balanced_indices
+from medtailor.train.objectives import (
+    class_weights,
+    has_defined_auc,
+    mean_auc,
+    probabilities,
+    training_loss,
+    validation_loss,
+)
 
 log = logging.getLogger(__name__)
 MetricSink = Callable[[dict[str, float], int], None]
-
-
-def auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
 
 
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, dataset: PatchDataset, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """Probabilities of the positive class; eval mode, so any batch size (even 1) works."""
+    """Probabilities (``objectives.probabilities``: of class 1 for a binary store, one
+    column per class or finding otherwise); eval mode, so any batch size (even 1) works."""
     model.eval()
     probs = []
     for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = model(images.to(device)).float()
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+        probs.append(probabilities(model(images.to(device)), dataset.task).cpu().numpy())
     return np.concatenate(probs) if probs else np.zeros(0)
+
+
+def prediction_table(
+    name: str, split: str, dataset: PatchDataset, probs: np.ndarray
+) -> pd.DataFrame:
+    """The predictions contract: one row per patch (binary) or per patch and class or
+    finding (``target`` names it; ``label`` is 1/0 for it, -1 when unknown)."""
+    frame = dataset.frame()[["patch_id", "label"]].reset_index(drop=True)
+    task = dataset.task
+    if task["task"] == "binary":
+        target = "positive" if task["classes"] == CANDIDATE_TASK["classes"] else task["classes"][1]
+        return frame.assign(model=name, split=split, target=target, prob=probs)
+    targets = dataset.targets.numpy()
+    parts = []
+    for k, target in enumerate(task["classes"]):
+        label = (targets == k).astype(np.int8) if task["task"] == "multiclass" else targets[:, k]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "patch_id": frame["patch_id"],
+                    "label": label,
+                    "model": name,
+                    "split": split,
+                    "target": target,
+                    "prob": probs[:, k],
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
 
 
 @torch.no_grad()
@@ -98,13 +131,6 @@ def recalibrate_batchnorm(
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     model.train(was_training)
-
-
-def class_weights(labels: torch.Tensor, mode: str) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    counts = torch.bincount(labels, minlength=2).float().clamp(min=1)
-    return counts.sum() / (2 * counts)
 
 
 def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device) -> torch.nn.Module:
@@ -164,15 +190,15 @@ def train_model(
     test_set = PatchDataset(store, "test", size, channels, False)
     if len(train_set) == 0:
         raise RuntimeError(f"{store_dir}: no labelled training patches")
-    val_classes = np.unique(val_set.labels.numpy())
-    if len(val_classes) < 2:
+    task = store.task()
+    if not has_defined_auc(val_set.targets.numpy(), task):
         raise RuntimeError(
-            f"{store_dir}: the validation split has {len(val_set)} patch(es), all of class "
-            f"{val_classes.tolist()}: validation AUC is undefined in every epoch, so no "
+            f"{store_dir}: the validation split's {len(val_set)} patch(es) have no class with "
+            "both positives and negatives: validation AUC is undefined in every epoch, so no "
             "checkpoint can be chosen (more patients, or a detector that finds their lesions)"
         )
 
-    model = build_classifier(entry).to(device)
+    model = build_classifier(entry, output_count(task)).to(device)
     counts = complexity(model, (channels, size, size))
     if int(entry.get("bn_recalibration_batches", 0)) > 0:
         recalibrate_batchnorm(
@@ -188,7 +214,8 @@ def train_model(
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     batch_size, epochs = int(entry["batch_size"]), int(entry["epochs"])
-    cap = entry["max_negatives_per_positive"]
+    # Negatives are capped per positive in binary tasks only (the detector's candidates).
+    cap = entry["max_negatives_per_positive"] if task["task"] == "binary" else None
     train_labels = train_set.labels.numpy()
 
     def epoch_indices(epoch: int) -> np.ndarray:
@@ -243,8 +270,9 @@ def train_model(
         if float(entry["ema_decay"]) > 0
         else None
     )
-    weights = class_weights(epoch_labels, entry["class_weighting"])
-    criterion = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    epoch_targets = train_set.targets[torch.from_numpy(epoch_indices(1))]
+    weights = class_weights(epoch_targets, task, entry["class_weighting"])
+    criterion = training_loss(task, None if weights is None else weights.to(device))
     trained: torch.nn.Module = model
     if world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -315,17 +343,11 @@ def train_model(
         seconds = time.perf_counter() - started
 
         val_probs = predict(evaluated, val_set, batch_size, device)
-        val_labels = val_set.labels.numpy()
-        val_loss = float(
-            torch.nn.functional.binary_cross_entropy(
-                torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
-                torch.as_tensor(val_labels, dtype=torch.float32),
-            )
-        )
+        val_targets = val_set.targets.numpy()
         metrics = {
             "train_loss": total_loss / max(seen, 1),
-            "val_loss": val_loss,
-            "val_auc": auc(val_labels, val_probs),
+            "val_loss": validation_loss(val_targets, val_probs, task),
+            "val_auc": mean_auc(val_targets, val_probs, task),
             "learning_rate": optimizer.param_groups[0]["lr"],
             "images_per_second": seen / seconds if seconds > 0 else 0.0,
         }
@@ -336,7 +358,7 @@ def train_model(
                 best_auc = metrics["val_auc"] if improved else best_auc
                 save_torch(
                     classifier_checkpoint(
-                        evaluated, entry, epoch=epoch, val_auc=metrics["val_auc"], **counts
+                        evaluated, entry, task, epoch=epoch, val_auc=metrics["val_auc"], **counts
                     ),
                     best_path,
                 )
@@ -360,15 +382,13 @@ def train_model(
         return {}
     best = torch.load(best_path, map_location=device, weights_only=True)
     evaluated.load_state_dict(best["model"])
-    frames = []
-    for split, dataset in (("val", val_set), ("test", test_set)):
-        frame = dataset.frame()[["patch_id", "label"]].copy()
-        frame["prob"] = predict(evaluated, dataset, batch_size, device)
-        frame["model"], frame["split"] = name, split
-        frames.append(frame)
-    predictions = pd.concat(frames, ignore_index=True)[
-        ["patch_id", "model", "split", "prob", "label"]
-    ]
+    predictions = pd.concat(
+        [
+            prediction_table(name, split, dataset, predict(evaluated, dataset, batch_size, device))
+            for split, dataset in (("val", val_set), ("test", test_set))
+        ],
+        ignore_index=True,
+    )[["patch_id", "model", "split", "target", "prob", "label"]]
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / "best.pt") as tmp:
         shutil.copyfile(best_path, tmp)

@@ -45,7 +45,7 @@ class DvcStage:
     foreach: str | list[str] | None = None
 
 
-STAGES = (
+DATA_STAGES = (
     DvcStage(
         "synth",
         "synth",
@@ -80,46 +80,69 @@ STAGES = (
         uncached_outs=("data/split/split.csv",),
         metrics=("metrics/split.json",),
     ),
-    DvcStage(
-        "train_detector",
-        "detect",
-        "medtailor train-detector --params params.yaml --input data/resample --split "
-        "data/split/split.csv --output data/detector --metrics metrics/train_detector.json",
-        deps=("data/resample", "data/split/split.csv"),
-        outs=("data/detector",),
-        metrics=("metrics/train_detector.json",),
-    ),
-    DvcStage(
-        "detect",
-        "detect",
-        "medtailor detect --params params.yaml --input data/resample --detector data/detector "
-        "--output data/detect/candidates.parquet --metrics metrics/detect.json",
-        deps=("data/resample", "data/detector"),
-        outs=("data/detect/candidates.parquet",),
-        metrics=("metrics/detect.json",),
-    ),
-    DvcStage(
-        "patches",
-        "patches",
-        "medtailor patches --params params.yaml --input data/resample --split "
-        "data/split/split.csv --candidates data/detect/candidates.parquet --output "
-        "data/patches --plots plots --metrics metrics/patches.json",
-        deps=("data/resample", "data/split/split.csv", "data/detect/candidates.parquet"),
-        outs=("data/patches",),
-        uncached_outs=("plots/patches_iou.png",),
-        metrics=("metrics/patches.json", "plots/patches_iou.csv"),
-    ),
-    DvcStage(
-        "train",
-        "train",
-        "medtailor train --params params.yaml --model ${key} --input data/patches --output "
-        "data/models/${key} --state data/train_state/${key} --metrics metrics/train/${key}.json",
-        deps=("data/patches",),
-        outs=("data/models/${key}",),
-        metrics=("metrics/train/${key}.json",),
-        foreach="${models}",
-    ),
 )
+TRAIN_STAGE = DvcStage(
+    "train",
+    "train",
+    "medtailor train --params params.yaml --model ${key} --input data/patches --output "
+    "data/models/${key} --state data/train_state/${key} --metrics metrics/train/${key}.json",
+    deps=("data/patches",),
+    outs=("data/models/${key}",),
+    metrics=("metrics/train/${key}.json",),
+    foreach="${models}",
+)
+
+
+def patch_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """The detector and the patch store; whole-image samples (``patches.source:
+    whole_image``) need no detector, so the patches stage alone, reading no candidates."""
+    if params["patches"]["source"] == "whole_image":
+        return (
+            DvcStage(
+                "patches",
+                "patches",
+                "medtailor patches --params params.yaml --input data/resample --split "
+                "data/split/split.csv --output data/patches --plots plots --metrics "
+                "metrics/patches.json",
+                deps=("data/resample", "data/split/split.csv"),
+                outs=("data/patches",),
+                uncached_outs=("plots/patches_classes.png",),
+                metrics=("metrics/patches.json", "plots/patches_classes.csv"),
+            ),
+        )
+    return (
+        DvcStage(
+            "train_detector",
+            "detect",
+            "medtailor train-detector --params params.yaml --input data/resample --split "
+            "data/split/split.csv --output data/detector --metrics metrics/train_detector.json",
+            deps=("data/resample", "data/split/split.csv"),
+            outs=("data/detector",),
+            metrics=("metrics/train_detector.json",),
+        ),
+        DvcStage(
+            "detect",
+            "detect",
+            "medtailor detect --params params.yaml --input data/resample --detector data/detector "
+            "--output data/detect/candidates.parquet --metrics metrics/detect.json",
+            deps=("data/resample", "data/detector"),
+            outs=("data/detect/candidates.parquet",),
+            metrics=("metrics/detect.json",),
+        ),
+        DvcStage(
+            "patches",
+            "patches",
+            "medtailor patches --params params.yaml --input data/resample --split "
+            "data/split/split.csv --candidates data/detect/candidates.parquet --output "
+            "data/patches --plots plots --metrics metrics/patches.json",
+            deps=("data/resample", "data/split/split.csv", "data/detect/candidates.parquet"),
+            outs=("data/patches",),
+            uncached_outs=("plots/patches_iou.png",),
+            metrics=("metrics/patches.json", "plots/patches_iou.csv"),
+        ),
+    )
+
+
 SEARCH_INPUTS = ("data/patches", "data/resample", "data/split/split.csv")
 
 
@@ -276,16 +299,31 @@ def evaluate_stage(params: dict[str, Any]) -> DvcStage:
     )
 
 
+PATCH_PLOTS: dict[str, list[Any]] = {
+    "candidates": [
+        {
+            "patches_iou_histogram": {
+                "x": "iou_low",
+                "y": {"plots/patches_iou.csv": ["train", "val", "test"]},
+                "x_label": "best IoU with a ground-truth box (bin start)",
+                "y_label": "candidates",
+            }
+        },
+        "plots/patches_iou.png",
+    ],
+    "whole_image": [
+        {
+            "patches_classes": {
+                "x": "class",
+                "y": {"plots/patches_classes.csv": ["train", "val", "test"]},
+                "template": "bar_horizontal",
+                "y_label": "images",
+            }
+        },
+        "plots/patches_classes.png",
+    ],
+}
 PLOTS: list[Any] = [
-    {
-        "patches_iou_histogram": {
-            "x": "iou_low",
-            "y": {"plots/patches_iou.csv": ["train", "val", "test"]},
-            "x_label": "best IoU with a ground-truth box (bin start)",
-            "y_label": "candidates",
-        }
-    },
-    "plots/patches_iou.png",
     {
         "roc": {
             "x": "fpr",
@@ -405,7 +443,9 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
     stages: dict[str, Any] = {}
     searched = search_stages(params)
     for stage in (
-        *STAGES,
+        *DATA_STAGES,
+        *patch_stages(params),
+        TRAIN_STAGE,
         *segmentation_stages(params),
         *searched,
         *search_seg_stages(params),
@@ -413,7 +453,7 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
     ):
         entry = stage_entry(stage, root)
         stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry
-    plots = PLOTS + (SEARCH_PLOTS if searched else [])
+    plots = PATCH_PLOTS[params["patches"]["source"]] + PLOTS + (SEARCH_PLOTS if searched else [])
     return {
         "stages": stages,
         "plots": plots + (SEARCH_SEG_PLOTS if search_seg_stages(params) else []),

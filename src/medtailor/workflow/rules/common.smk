@@ -10,6 +10,20 @@ def detector_source():
     return rules.train_detector.output.models
 
 
+# Whole-image samples (patches.source: whole_image) need no detector: the patches rule
+# then reads no candidates, so neither detector rule runs.
+WHOLE_IMAGE = config["patches"]["source"] == "whole_image"
+PATCH_PLOT = "plots/patches_classes" if WHOLE_IMAGE else "plots/patches_iou"
+
+
+def patch_candidates():
+    return [] if WHOLE_IMAGE else rules.detect.output.candidates
+
+
+def candidates_option(wildcards, input):
+    return "" if WHOLE_IMAGE else f"--candidates {input.candidates}"
+
+
 # The search (rules/search.smk): generations of `workers` candidates within `budget`.
 SEARCH = config["search"]
 SEARCH_GENERATIONS = -(-SEARCH["budget"] // SEARCH["workers"])

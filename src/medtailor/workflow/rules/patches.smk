@@ -2,12 +2,12 @@ rule patches:
     input:
         data=rules.resample.output.data,
         split=rules.split.output.table,
-        candidates=rules.detect.output.candidates,
+        candidates=patch_candidates(),
     output:
         store=directory("data/patches"),
         metrics="metrics/patches.json",
-        plot="plots/patches_iou.png",
-        table="plots/patches_iou.csv",
+        plot=f"{PATCH_PLOT}.png",
+        table=f"{PATCH_PLOT}.csv",
     log:
         "logs/patches.log",
     conda:
@@ -19,5 +19,6 @@ rule patches:
     params:
         file=PARAMS,
         reads=stage_values(config, "patches"),
+        candidates=candidates_option,
     shell:
-        "medtailor patches --threads {threads} --params {params.file} --input {input.data} --split {input.split} --candidates {input.candidates} --output {output.store} --plots plots --metrics {output.metrics} > {log} 2>&1"
+        "medtailor patches --threads {threads} --params {params.file} --input {input.data} --split {input.split} {params.candidates} --output {output.store} --plots plots --metrics {output.metrics} > {log} 2>&1"
