@@ -60,6 +60,9 @@ def small(params: dict) -> dict:
     # The searches have their own end-to-end tests (test_search_stage.py, test_search_seg.py).
     params["search"]["enabled"] = False
     params["search_seg"]["enabled"] = False
+    # The studies have their own end-to-end test (test_study.py).
+    for study in params.get("studies", {}).values():
+        study["enabled"] = False
     # Segmentation wiring only (test_train_seg.py tests what it learns).
     params["train_seg"].update(
         {"patch_size": [16, 16, 16], "samples_per_volume": 1, "epochs": 2, "validate_every": 2}

@@ -45,7 +45,8 @@ def test_every_declared_key_exists_in_the_shipped_params(repo_params):
     for stage in STAGE_KEYS:
         section = {"train": "models", "train_seg": "seg_models"}.get(stage)
         model = next(iter(repo_params[section])) if section else None
-        assert stage_values(repo_params, stage, model)  # raises KeyError on a stale key
+        study = next(iter(repo_params["studies"])) if stage.startswith("study") else None
+        assert stage_values(repo_params, stage, model, study)  # KeyError on a stale key
 
 
 def test_an_undeclared_read_is_named_as_such(repo_params):

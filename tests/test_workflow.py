@@ -23,9 +23,9 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
     for block in re.split(r"\n(?=rule \w+:)", out)[1:]:
         name = re.match(r"rule (\w+):", block).group(1)
         wildcard = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", wildcard.group(1))) if wildcard else {}
         if wildcard:  # one DVC foreach stage per wildcard value: train@<model>
-            values = re.findall(r"\w+=([^,\s]+)", wildcard.group(1))
-            name = f"{name}@{'_'.join(values)}"
+            name = f"{name}@{'_'.join(wildcards.values())}"
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
         # DVC runs one stage at a time and leaves the thread count to the libraries.
@@ -34,6 +34,7 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
             "input": set(fields.get("input", "").split(", ")) - {""},
             "output": set(fields.get("output", "").split(", ")) - {""},
             "cmd": re.sub(r" > logs/\S+ 2>&1$", "", cmd) if cmd else None,
+            "wildcards": wildcards,
         }
     return jobs
 
@@ -45,8 +46,12 @@ def snakemake_params() -> dict[str, str]:
         for block in re.split(r"\n(?=rule \w+:)", path.read_text()):
             name = re.match(r"rule (\w+):", block)
             keys = re.search(r'^        reads=.*stage_values\(config, "(\w+)"', block, re.M)
+            # A study configuration's job reads its own expanded entry (medtailor.study).
+            per_configuration = re.search(r"^        reads=.*configuration_values\(", block, re.M)
             if name:
-                found[name.group(1)] = keys.group(1) if keys else ""
+                found[name.group(1)] = (
+                    keys.group(1) if keys else "study_train" if per_configuration else ""
+                )
     return found
 
 
@@ -116,11 +121,15 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
         # Both depend on exactly the keys the stage reads (medtailor.config.stage_keys).
         params = {key for d in stage.deps if d.def_path == "params.yaml" for key in d.params}
         rule, _, model = name.partition("@")
+        study = job.get("wildcards", {}).get("study")
         # (DVC's one-process search stages read the keys each of their rules passes.)
         one_process = rule if rule in ("search", "search_seg") else None
         assert rule_params.get(rule, one_process) == rule, (
             f"rule {rule} passes another stage's keys"
         )
+        if study:  # DVC depends on the study's block, Snakemake on each configuration's entry
+            assert params == set(stage_keys(rule, study=study)), name
+            continue
         assert params == set(stage_keys(rule, model or None)), name
 
 

@@ -111,6 +111,39 @@ def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, artifacts
 
 
+def run_study_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.study import run_study_train as study_train
+    from medtailor.study import study_entry
+    from medtailor.tracking import flatten
+
+    folder = DATA / "studies" / args.study
+    output = args.output if args.output != DATA / "studies" else folder / "models" / args.model
+    state = args.state or DATA / "study_state" / args.study / args.model
+    sink = None
+    if is_rank_zero():
+        import mlflow
+
+        mlflow.set_tags({"medtailor.model": args.model, "medtailor.study": args.study})
+        mlflow.log_params(flatten(study_entry(params, args.study, args.model), "model."))
+        sink = log_step_metrics
+    summary = study_train(args.study, args.model, args.input, output, state, params, sink)
+    return summary, [output / name for name in ("best.pt", "predictions.parquet", "history.csv")]
+
+
+def run_study(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    import mlflow
+
+    from medtailor.study import run_study as study
+
+    folder = DATA / "studies" / args.study
+    output = args.output if args.output != DATA / "studies" else folder / "report"
+    models = args.models or folder / "models"
+    summary = study(args.study, models, args.input, output, params)
+    mlflow.set_tag("medtailor.study", args.study)
+    artifacts = [output / name for name in ("report.md", "summary.json", "table.csv")]
+    return summary, artifacts + sorted((output / "figures").glob("*.png"))
+
+
 def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     import mlflow
 
@@ -418,6 +451,38 @@ STAGES = [
         {"model": {"required": True, "help": "name of a configuration in params 'models'"}},
     ),
     Stage(
+        "study-train",
+        run_study_train,
+        "Train one configuration of a study (params 'studies.<study>', expanded into named "
+        "configurations) with the train loop; like 'train', it relaunches itself under "
+        "torchrun when compute.gpus > 1.",
+        DATA / "studies",
+        {
+            "input": (DATA / "patches", "patch store"),
+            "state": (None, "resumable state folder (default: data/study_state/<study>/<model>)"),
+        },
+        {
+            "study": {"required": True, "help": "name of a study in params 'studies'"},
+            "model": {"required": True, "help": "name of one of the study's configurations"},
+        },
+    ),
+    Stage(
+        "study",
+        run_study,
+        "Analyse every trained configuration of a study (tables, statistics, figures) into "
+        "data/studies/<study>/report.",
+        DATA / "studies",
+        {
+            "input": (DATA / "patches", "patch store"),
+            "models": (
+                None,
+                "folder of the study's trained configurations "
+                "(default: data/studies/<study>/models)",
+            ),
+        },
+        {"study": {"required": True, "help": "name of a study in params 'studies'"}},
+    ),
+    Stage(
         "train-seg",
         run_train_seg,
         "Train the 3D segmentation network of one named configuration (params "
@@ -639,7 +704,8 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
 
     run_name = stage.name.replace("-", "_")
     model = getattr(args, "model", None)
-    view = stage_view(params, stage.name, model)
+    study = getattr(args, "study", None)
+    view = stage_view(params, stage.name, None if study else model, study)
     set_threads(args.threads)
     default_metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
     if stage.name in ("search-final", "search-seg-final"):
@@ -661,10 +727,16 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
         run_name = f"train_seg:{args.model}"
         if args.metrics == default_metrics:
             args.metrics = METRICS / "train_seg" / f"{args.model}.json"
-    if stage.name == "train":
-        run_name = f"train:{args.model}"
-        if args.metrics == METRICS / "train.json":
-            args.metrics = METRICS / "train" / f"{args.model}.json"
+    if stage.name in ("study-train", "study") and args.metrics == default_metrics:
+        name = f"{args.study}/{args.model}" if stage.name == "study-train" else args.study
+        args.metrics = METRICS / "studies" / f"{name}.json"
+    if stage.name == "study-train":
+        run_name = f"study_train:{args.study}:{args.model}"
+    if stage.name in ("train", "study-train"):
+        if stage.name == "train":
+            run_name = f"train:{args.model}"
+            if args.metrics == METRICS / "train.json":
+                args.metrics = METRICS / "train" / f"{args.model}.json"
         gpus = int(params["compute"]["gpus"])
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
             code = launch_distributed(args.argv, gpus)

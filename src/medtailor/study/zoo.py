@@ -1,0 +1,266 @@
+"""The architecture zoo (CheXtransfer): architectures x {imagenet, scratch} x truncations.
+
+Analysis: test AUC (the mean over classes for multi-class and multi-label stores) with a
+patient-bootstrap CI, parameters and MACs from each checkpoint, the ImageNet top-1 of
+the architecture's pre-trained weight (``imagenet``), the pre-training boost (AUC of the
+ImageNet-initialised model minus its from-scratch twin, paired patient-bootstrap CI),
+Spearman correlations across configurations (ImageNet top-1 and parameters vs AUC, for
+pre-trained and scratch models separately; boost vs parameters) with p-values and
+bootstrap CIs, the table and its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medtailor.study.imagenet import SOURCE
+from medtailor.study.registry import register_study
+
+
+def analyse_zoo(
+    folders: dict[str, Path],
+    store_dir: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    left_out: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    from medtailor.evaluate import _clean, checkpoint_facts
+    from medtailor.evaluate.classification import load_predictions
+    from medtailor.evaluate.whole_image import mean_auc_difference_with_ci, mean_auc_with_ci
+    from medtailor.patches.store import PatchStore
+    from medtailor.study.analysis import spearman_with_ci
+    from medtailor.study.imagenet import imagenet_top1, pretrained_weight
+
+    cfg, seed = params["evaluate"], int(params["seed"])
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    store = PatchStore(store_dir)
+    rows, frames = [], {}
+    for name, folder in folders.items():
+        frame = load_predictions(folder / "predictions.parquet", store.index)
+        facts = checkpoint_facts(
+            torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+        )
+        test = mean_auc_with_ci(frame, "test", replicates, level, seed)
+        rows.append(
+            {
+                "configuration": name,
+                "architecture": facts["architecture"],
+                "init": facts["init"],
+                "truncate": int(facts["config"]["truncate"]),
+                "parameters": facts["parameters"],
+                "macs": facts["macs"],
+                "imagenet_weight": pretrained_weight(facts["architecture"]),
+                "imagenet_top1": imagenet_top1(facts["architecture"]),
+                "test_auc": test["auc"],
+                "test_auc_ci_low": test["auc_ci"][0],
+                "test_auc_ci_high": test["auc_ci"][1],
+                "status": "trained",
+            }
+        )
+        frames[name] = frame
+    for name, entry in (left_out or {}).items():
+        rows.append(
+            {
+                "configuration": name,
+                "architecture": entry["model"],
+                "init": entry["init"],
+                "truncate": int(entry["truncate"]),
+                "imagenet_weight": pretrained_weight(entry["model"]),
+                "imagenet_top1": imagenet_top1(entry["model"]),
+                "status": f"not run: needs {entry['missing']}",
+            }
+        )
+    table = pd.DataFrame(rows)
+    boosts = []
+    trained = table[table["status"] == "trained"]
+    for (architecture, truncate), group in trained.groupby(["architecture", "truncate"]):
+        inits = group.set_index("init")["configuration"]
+        if "imagenet" in inits and "scratch" in inits:
+            boost = mean_auc_difference_with_ci(
+                frames[inits["imagenet"]], frames[inits["scratch"]], "test", replicates, level, seed
+            )
+            boosts.append(
+                {
+                    "architecture": architecture,
+                    "truncate": truncate,
+                    "pretraining_boost": boost["difference"],
+                    "pretraining_boost_ci_low": boost["difference_ci"][0],
+                    "pretraining_boost_ci_high": boost["difference_ci"][1],
+                }
+            )
+    boost_table = pd.DataFrame(
+        boosts,
+        columns=[
+            "architecture",
+            "truncate",
+            "pretraining_boost",
+            "pretraining_boost_ci_low",
+            "pretraining_boost_ci_high",
+        ],
+    )
+    table = table.merge(boost_table, on=["architecture", "truncate"], how="left")
+    table.loc[
+        table["init"] != "imagenet",
+        ["pretraining_boost", "pretraining_boost_ci_low", "pretraining_boost_ci_high"],
+    ] = np.nan
+    correlations = {}
+    for init in ("imagenet", "scratch"):
+        part = table[(table["init"] == init) & (table["status"] == "trained")]
+        for x in ("imagenet_top1", "parameters"):
+            correlations[f"{x}_vs_auc_{init}"] = spearman_with_ci(
+                part[x], part["test_auc"], replicates, level, seed
+            )
+    with_boost = table.dropna(subset=["pretraining_boost"])
+    correlations["boost_vs_parameters"] = spearman_with_ci(
+        with_boost["parameters"], with_boost["pretraining_boost"], replicates, level, seed
+    )
+    table.to_csv(out_dir / "table.csv", index=False)
+    figures = zoo_figures(table, out_dir)
+    summary = {"table": table.to_dict("records"), "correlations": correlations, "figures": figures}
+    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    (out_dir / "report.md").write_text(
+        "\n".join(zoo_report(table, correlations, figures, cfg)) + "\n"
+    )
+    flat: dict[str, Any] = {}
+    for row in table[table["status"] == "trained"].itertuples():
+        flat[f"{row.configuration}_test_auc"] = row.test_auc
+        if row.init == "imagenet" and not pd.isna(row.pretraining_boost):
+            flat[f"{row.configuration}_boost"] = row.pretraining_boost
+    return _clean(flat)
+
+
+def with_interval(ax: Any, x: pd.Series, part: pd.DataFrame, column: str, **style: Any) -> None:
+    """Points of ``column`` with error bars from its ``_ci_low`` and ``_ci_high`` columns."""
+    value = part[column]
+    errors = np.vstack([value - part[f"{column}_ci_low"], part[f"{column}_ci_high"] - value])
+    ax.errorbar(x, value, yerr=errors, fmt="o", capsize=3, **style)
+
+
+def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
+    from medtailor.figures import pyplot, save_figure
+
+    plt = pyplot()
+    made = []
+    table = table[table["status"] == "trained"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for init, part in table.groupby("init"):
+        with_interval(ax, part["parameters"] / 1e6, part, "test_auc", label=init)
+        for row in part.itertuples():
+            ax.annotate(row.configuration, (row.parameters / 1e6, row.test_auc), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("test AUC")
+    ax.legend()
+    save_figure(fig, out_dir / "figures" / "auc_vs_parameters.png")
+    made.append("figures/auc_vs_parameters.png")
+    known = table.dropna(subset=["imagenet_top1"])
+    if len(known):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for init, part in known.groupby("init"):
+            with_interval(ax, part["imagenet_top1"], part, "test_auc", label=init)
+        ax.set_xlabel("ImageNet top-1 of the architecture's weights (%, timm)")
+        ax.set_ylabel("test AUC")
+        ax.legend()
+        save_figure(fig, out_dir / "figures" / "auc_vs_imagenet.png")
+        made.append("figures/auc_vs_imagenet.png")
+    boosted = table.dropna(subset=["pretraining_boost"])
+    if len(boosted):
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        with_interval(ax, boosted["parameters"] / 1e6, boosted, "pretraining_boost")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (millions)")
+        ax.set_ylabel("AUC(ImageNet) - AUC(scratch)")
+        save_figure(fig, out_dir / "figures" / "boost_vs_parameters.png")
+        made.append("figures/boost_vs_parameters.png")
+    return made
+
+
+def _cell(value: Any, low: Any = None, high: Any = None) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    interval = "" if low is None or pd.isna(low) else f" [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}{interval}"
+
+
+def zoo_report(table: pd.DataFrame, correlations: dict, figures: list[str], cfg: dict) -> list[str]:
+    level = round(100 * float(cfg["confidence_level"]))
+    lines = [
+        "# Study: architecture zoo",
+        "",
+        f"Test AUC with {level}% patient-bootstrap CIs ({cfg['bootstrap_replicates']} "
+        "replicates; unit: the patient). The boost is AUC(ImageNet) - AUC(scratch) of the same "
+        "architecture and truncation, with a paired patient-bootstrap CI.",
+        "",
+        f"ImageNet top-1 is timm's published result for the weight an ImageNet init loads "
+        f"(shown for scratch models too: it describes the architecture), from {SOURCE}.",
+        "",
+        "| configuration | architecture | init | truncate | parameters (M) | MACs (G) | "
+        "ImageNet top-1 | test AUC | boost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.sort_values(["architecture", "truncate", "init"]).itertuples():
+        if row.status != "trained":
+            lines.append(
+                f"| {row.configuration} | {row.architecture} | {row.init} | {row.truncate} | "
+                f"| | | {row.status} | |"
+            )
+            continue
+        lines.append(
+            f"| {row.configuration} | {row.architecture} | {row.init} | {row.truncate} | "
+            f"{row.parameters / 1e6:.2f} | {row.macs / 1e9:.3f} | "
+            f"{'not in the table' if pd.isna(row.imagenet_top1) else f'{row.imagenet_top1:.1f}'} | "
+            f"{_cell(row.test_auc, row.test_auc_ci_low, row.test_auc_ci_high)} | "
+            f"{_cell(row.pretraining_boost, row.pretraining_boost_ci_low, row.pretraining_boost_ci_high)} |"
+        )
+    lines += [
+        "",
+        "## Spearman correlations across configurations",
+        "",
+        f"rho with scipy's p-value and a {level}% bootstrap CI over configurations.",
+        "",
+        "| x vs y | n | rho | p | CI |",
+        "|---|---|---|---|---|",
+    ]
+    for key, value in correlations.items():
+        if "undefined" in value:
+            lines.append(f"| {key} | {value['n']} | {value['undefined']} | | |")
+        else:
+            low, high = value["rho_ci"]
+            lines.append(
+                f"| {key} | {value['n']} | {value['rho']:.3f} | {value['p_value']:.3g} | "
+                f"[{low:.3f}, {high:.3f}] |"
+            )
+    lines += [""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return lines
+
+
+def init_label(init: str) -> str:
+    """An init as a name part: ``file:<path>`` by the file's stem, ``transfuse:2`` as
+    ``transfuse2`` (names become folders and Snakemake wildcards)."""
+    scheme, _, argument = str(init).partition(":")
+    if scheme == "file":
+        return "file-" + re.sub(r"[^A-Za-z0-9_.-]", "_", Path(argument).stem)
+    return scheme + argument
+
+
+@register_study("zoo", analyse=analyse_zoo)
+def zoo_configurations(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``<architecture>_<init>`` (``_trunc<k>`` when k > 0 final stages are cut; the init
+    as ``init_label`` writes it) for every architecture x init x truncation of the block."""
+    found = {}
+    for architecture in cfg["architectures"]:
+        for init in cfg["inits"]:
+            for truncate in cfg["truncate"]:
+                name = f"{architecture}_{init_label(init)}" + (
+                    f"_trunc{truncate}" if truncate else ""
+                )
+                found[name] = {"model": architecture, "init": init, "truncate": int(truncate)}
+    return found

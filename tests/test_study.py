@@ -1,0 +1,182 @@
+"""Studies: a compact params block expands into named configurations, each trained as its
+own job; Snakemake reruns only the configurations whose expanded entry changed; the zoo's
+analysis (AUC with CIs, pre-training boost, Spearman correlations) and its figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from medtailor.study import configuration_values, study_configurations
+from medtailor.study.analysis import spearman_with_ci
+
+from .conftest import BIN, ENV, run
+from .test_whole_image import whole_image_params, write_raw
+
+
+def test_the_zoo_expands_to_every_architecture_init_and_truncation(repo_params):
+    params = json.loads(json.dumps(repo_params))
+    params["studies"]["zoo"].update(
+        {
+            "architectures": ["resnet18", "densenet121"],
+            "inits": ["imagenet", "scratch"],
+            "truncate": [0, 2],
+        }
+    )
+    configurations = study_configurations(params, "zoo")
+    assert sorted(configurations) == sorted(
+        f"{a}_{i}{'_trunc2' if t else ''}"
+        for a in ("resnet18", "densenet121")
+        for i in ("imagenet", "scratch")
+        for t in (0, 2)
+    )
+    entry = configurations["densenet121_scratch_trunc2"]
+    assert (entry["model"], entry["init"], entry["truncate"]) == ("densenet121", "scratch", 2)
+    # Every configuration is a full train entry: the recipe, the study's shared keys.
+    assert entry["epochs"] == params["train"]["epochs"]
+    assert entry["head"] == params["studies"]["zoo"]["entry"]["head"]
+
+    # Adding an architecture leaves the other configurations' values (what Snakemake
+    # compares) unchanged; a recipe change reaches every configuration.
+    before = configuration_values(params, "zoo", "resnet18_imagenet")
+    params["studies"]["zoo"]["architectures"].append("mobilenetv3_large_100")
+    assert configuration_values(params, "zoo", "resnet18_imagenet") == before
+    params["studies"]["zoo"]["recipe"] = {"epochs": 3}
+    assert configuration_values(params, "zoo", "resnet18_imagenet") != before
+
+
+def test_spearman_matches_scipy_and_its_interval_covers_it():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=12)
+    y = x + rng.normal(scale=0.8, size=12)
+    result = spearman_with_ci(x, y, 500, 0.95, seed=1)
+    rho, p = stats.spearmanr(x, y)
+    assert result["rho"] == pytest.approx(rho) and result["p_value"] == pytest.approx(p)
+    low, high = result["rho_ci"]
+    assert low < rho < high and low >= -1 and high <= 1
+    assert "undefined" in spearman_with_ci(x[:2], y[:2], 100, 0.95, seed=1)
+
+
+@pytest.mark.slow
+def test_the_zoo_runs_under_snakemake_and_reruns_only_new_configurations(tmp_path, repo_params):
+    """A whole-image project runs ``snakemake study_zoo``: Lite0 with ImageNet weights and
+    from scratch, each its own job, then the analysis; a truncation added to the block
+    trains that configuration alone."""
+    project = tmp_path / "project"
+    run([str(BIN / "medtailor"), "init", str(project)], tmp_path)
+    write_raw(project / "raw", "binary")
+    params = whole_image_params(repo_params)
+    params["ingest"]["input"] = "raw"
+    params["seg_models"] = {}
+    params["studies"]["zoo"].update(
+        {
+            "enabled": False,
+            "architectures": ["efficientnet_lite0"],
+            "inits": ["imagenet", "scratch"],
+            "truncate": [0],
+            "recipe": {"epochs": 6},
+        }
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    snakemake = str(BIN / "snakemake")
+    run([snakemake, "--cores", "2", "study_zoo"], project)
+
+    report = project / "data" / "studies" / "zoo" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    table = {row["configuration"]: row for row in summary["table"]}
+    assert set(table) == {"efficientnet_lite0_imagenet", "efficientnet_lite0_scratch"}
+    pretrained = table["efficientnet_lite0_imagenet"]
+    assert pretrained["parameters"] > 3e6 and pretrained["macs"] > 0
+    assert pretrained["test_auc_ci_low"] <= pretrained["test_auc"] <= pretrained["test_auc_ci_high"]
+    boost = pretrained["pretraining_boost"]
+    assert boost == pytest.approx(
+        pretrained["test_auc"] - table["efficientnet_lite0_scratch"]["test_auc"]
+    )
+    assert (
+        pretrained["pretraining_boost_ci_low"] <= boost <= pretrained["pretraining_boost_ci_high"]
+    )
+    assert table["efficientnet_lite0_scratch"]["pretraining_boost"] is None
+    assert (report / "figures" / "auc_vs_parameters.png").is_file()
+    assert (
+        "| efficientnet_lite0_imagenet | efficientnet_lite0 | imagenet |"
+        in (report / "report.md").read_text()
+    )
+    metrics = json.loads((project / "metrics" / "studies" / "zoo.json").read_text())
+    assert metrics["efficientnet_lite0_imagenet_test_auc"] == pytest.approx(pretrained["test_auc"])
+    # Each configuration is its own job with its own MLflow run and metrics.
+    assert (project / "metrics" / "studies" / "zoo" / "efficientnet_lite0_scratch.json").is_file()
+
+    # A truncation added to the block: only the new configuration trains, then the analysis.
+    params["studies"]["zoo"]["truncate"] = [0, 1]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plan = run([snakemake, "-n", "--nocolor", "study_zoo"], project).stdout
+    trained = re.findall(r"wildcards: study=zoo, config=(\w+)", plan)
+    assert sorted(trained) == [
+        "efficientnet_lite0_imagenet_trunc1",
+        "efficientnet_lite0_scratch_trunc1",
+    ]
+    assert set(re.findall(r"^rule (\w+):", plan, re.M)) == {"study_train", "study", "study_zoo"}
+
+    # Weights that are not here: the study stops before any job, naming the file ...
+    missing = tmp_path / "nowhere" / "lite0_weights.pt"
+    params["studies"]["zoo"]["inits"] = ["imagenet", "scratch", f"file:{missing}"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = subprocess.run(
+        [snakemake, "-n", "study_zoo"], cwd=project, env=ENV, capture_output=True, text=True
+    )
+    assert refused.returncode != 0
+    assert f"efficientnet_lite0_file-lite0_weights needs the weights file {missing}" in (
+        refused.stdout + refused.stderr
+    )
+    # ... or, when allowed, runs the rest and marks the missing rows in the report.
+    params["studies"]["zoo"]["allow_missing_weights"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([snakemake, "--cores", "2", "study_zoo"], project)
+    summary = json.loads((report / "summary.json").read_text())
+    rows = {row["configuration"]: row for row in summary["table"]}
+    assert rows["efficientnet_lite0_file-lite0_weights"]["status"].startswith(
+        "not run: needs the weights file"
+    )
+    assert rows["efficientnet_lite0_scratch_trunc1"]["status"] == "trained"
+    assert "not run: needs the weights file" in (report / "report.md").read_text()
+
+
+def test_imagenet_accuracy_is_the_one_of_the_weights_an_imagenet_init_loads():
+    from medtailor.study.imagenet import SOURCE, imagenet_table, imagenet_top1, pretrained_weight
+
+    # The offline Lite weights are the TensorFlow originals, not timm's own retraining.
+    assert pretrained_weight("efficientnet_lite1") == "tf_efficientnet_lite1.in1k"
+    assert imagenet_top1("efficientnet_lite1") == imagenet_table()["tf_efficientnet_lite1.in1k"]
+    # Other architectures: timm's default weight; one the table lacks is NaN, not a guess.
+    assert pretrained_weight("resnet50").startswith("resnet50.")
+    assert np.isnan(imagenet_top1("cbr_small"))
+    assert "0173a139" in SOURCE
+    # A bigger Lite is better on ImageNet, as published.
+    assert (
+        imagenet_top1("efficientnet_lite0")
+        < imagenet_top1("efficientnet_lite1")
+        < imagenet_top1("efficientnet_lite2")
+    )
+
+
+def test_missing_weights_stop_a_study_before_any_job_unless_allowed(repo_params, tmp_path):
+    from medtailor.study import StudyWeightsMissing, runnable_configurations
+
+    params = json.loads(json.dumps(repo_params))
+    weights = tmp_path / "lite1.pt"
+    params["studies"]["zoo"]["inits"] = ["scratch", f"file:{weights}"]
+    with pytest.raises(StudyWeightsMissing, match=f"needs the weights file {weights}"):
+        runnable_configurations(params, "zoo")
+    params["studies"]["zoo"]["allow_missing_weights"] = True
+    assert runnable_configurations(params, "zoo") == [
+        "efficientnet_lite0_scratch",
+        "efficientnet_lite1_scratch",
+    ]
+    weights.write_bytes(b"")  # provided: every configuration runs
+    assert len(runnable_configurations(params, "zoo")) == 4
