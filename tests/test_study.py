@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from scipy import stats
@@ -180,3 +182,86 @@ def test_missing_weights_stop_a_study_before_any_job_unless_allowed(repo_params,
     ]
     weights.write_bytes(b"")  # provided: every configuration runs
     assert len(runnable_configurations(params, "zoo")) == 4
+
+
+def test_the_grid_expands_every_combination_and_refuses_unknown_factors(repo_params):
+    from medtailor.config import ParamsError, validate_params
+
+    params = json.loads(json.dumps(repo_params))
+    grid = params["studies"]["grid"]
+    configurations = study_configurations(params, "grid")
+    sizes = [len(levels) for levels in grid["factors"].values()]
+    assert len(configurations) == int(np.prod(sizes))
+    first = configurations["model0-head1-unfreeze0-learning_rate1"]
+    assert first["model"] == grid["factors"]["model"][0]
+    assert first["head"] == grid["factors"]["head"][1]
+    assert first["learning_rate"] == grid["factors"]["learning_rate"][1]
+    grid["factors"]["learnig_rate"] = [0.1]
+    with pytest.raises(ParamsError, match=r"studies\.grid\.factors\.learnig_rate: not a model"):
+        validate_params(params)
+
+
+def test_mixed_effects_table_is_statsmodels_on_the_same_frame():
+    import statsmodels.formula.api as smf
+
+    from medtailor.study.grid import mixed_effects_table
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"model": m, "head": h, "lr": lr, "test_auc": 0.7 + 0.05 * (h == "b") + rng.normal(0, 0.02)}
+        for m in ("m0", "m1")
+        for h in ("a", "b")
+        for lr in ("l0", "l1", "l2")
+        for _ in range(2)
+    ]
+    frame = pd.DataFrame(rows)
+    table = mixed_effects_table(frame, "head", ["model", "lr"]).set_index("level")
+    with warnings.catch_warnings():  # a boundary fit, as in mixed_effects_table
+        warnings.simplefilter("ignore")
+        direct = smf.mixedlm(
+            "test_auc ~ C(head, Treatment(reference='a'))",
+            frame,
+            groups=np.ones(len(frame)),
+            vc_formula={"model": "0 + C(model)", "lr": "0 + C(lr)"},
+        ).fit(reml=True)
+    term = "C(head, Treatment(reference='a'))[T.b]"
+    assert table.loc["b", "estimate"] == pytest.approx(direct.fe_params[term])
+    assert table.loc["b", "p_value"] == pytest.approx(direct.pvalues[term])
+    assert table.loc["b", "ci_low"] == pytest.approx(direct.conf_int().loc[term, 0])
+    assert table.loc["a", "reference"]
+    # The effect put into the data is found.
+    assert table.loc["b", "ci_low"] < 0.05 < table.loc["b", "ci_high"]
+
+
+def test_a_small_grid_trains_and_is_analysed(tmp_path, repo_params):
+    from medtailor.study import run_study, run_study_train
+
+    from .tiny_store import TINY_ENTRY, write_tiny_store
+
+    store = write_tiny_store(tmp_path / "store", {"train": 48, "val": 24, "test": 32})
+    params = json.loads(json.dumps(repo_params))
+    params["train"].update({k: v for k, v in TINY_ENTRY.items() if k in params["train"]})
+    params["train"]["epochs"] = 3
+    params["evaluate"]["bootstrap_replicates"] = 100
+    params["studies"]["grid"] = {
+        "enabled": True,
+        "factors": {
+            "head": [{"type": "linear"}, {"type": "nonlinear"}],
+            "learning_rate": [0.05, 0.01],
+        },
+        "entry": {"model": "resnet10t", "init": "scratch", "unfreeze": "all", "truncate": 0},
+        "recipe": {},
+    }
+    names = list(study_configurations(params, "grid"))
+    for name in names:
+        run_study_train(
+            "grid", name, store, tmp_path / "models" / name, tmp_path / "state" / name, params
+        )
+    metrics = run_study("grid", tmp_path / "models", store, tmp_path / "report", params)
+    assert set(metrics) == {f"{n}_test_auc" for n in names}
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert {row["factor"] for row in summary["mixed_effects"]} == {"head", "learning_rate"}
+    assert len(summary["best"]) == 2 and summary["comparisons"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Mixed-effects models" in report and "(reference)" in report
+    assert (tmp_path / "report" / "figures" / "auc_by_factor.png").is_file()

@@ -47,6 +47,32 @@ ORDERED_KEYS = [
 ]
 
 
+def study_errors(params: dict[str, Any]) -> list[str]:
+    """A grid factor must be a key a configuration has (a typo would be ignored), and every
+    configuration needs the model entry's required keys from the factors or ``entry``."""
+    grid = (params.get("studies") or {}).get("grid")
+    if not grid:
+        return []
+    schema = load_schema()["$defs"]
+    entry_keys = set(schema["model_entry"]["properties"]) - {"recipe"}
+    known = entry_keys | set(schema["recipe"]["properties"])
+    errors = [
+        f"studies.grid.factors.{factor}: not a model entry or train recipe key"
+        for factor in grid["factors"]
+        if factor not in known
+    ]
+    given = set(grid["factors"]) | set(grid.get("entry", {}))
+    missing = sorted(set(schema["model_entry"]["required"]) - given)
+    if missing:
+        errors.append(f"studies.grid: neither factors nor entry set {missing}")
+    errors += [
+        f"studies.grid.entry.{key}: not a model entry or train recipe key"
+        for key in grid.get("entry", {})
+        if key not in known
+    ]
+    return errors
+
+
 def cross_field_errors(params: dict[str, Any]) -> list[str]:
     """Relations between keys, checked after the schema so every key exists and has its type."""
     errors = []
@@ -83,6 +109,7 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
             "search scores candidates by the detector's validation AUFROC, which whole images "
             "do not have; set search.enabled: false"
         )
+    errors += study_errors(params)
     search = params.get("search_seg") or {}
     if search.get("enabled"):
         from medtailor.search_seg import final_names

@@ -54,3 +54,8 @@ rule study:
 rule study_zoo:
     input:
         "data/studies/zoo/report",
+
+
+rule study_grid:
+    input:
+        "data/studies/grid/report",
