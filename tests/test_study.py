@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -265,3 +266,74 @@ def test_a_small_grid_trains_and_is_analysed(tmp_path, repo_params):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Mixed-effects models" in report and "(reference)" in report
     assert (tmp_path / "report" / "figures" / "auc_by_factor.png").is_file()
+
+
+def test_linear_cka_of_a_layer_with_itself_is_one_and_ignores_rotations():
+    from scipy.stats import ortho_group
+
+    from medtailor.study.analysis import linear_cka
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 12))
+    rotation = ortho_group.rvs(12, random_state=1)
+    assert linear_cka(features, features) == pytest.approx(1.0)
+    assert linear_cka(features, features @ rotation) == pytest.approx(1.0)
+    assert linear_cka(features, 3.0 * features) == pytest.approx(1.0)
+    # Unrelated representations are far from 1.
+    assert linear_cka(features, rng.normal(size=(40, 12))) < 0.6
+
+
+def test_a_small_transfusion_study_trains_and_is_analysed(tmp_path, repo_params):
+    from medtailor.study import run_study, run_study_train
+
+    from .tiny_store import TINY_ENTRY, write_tiny_store
+
+    store = write_tiny_store(tmp_path / "store", {"train": 48, "val": 24, "test": 32})
+    params = json.loads(json.dumps(repo_params))
+    params["train"].update({k: v for k, v in TINY_ENTRY.items() if k in params["train"]})
+    params["train"]["epochs"] = 3
+    params["evaluate"]["bootstrap_replicates"] = 100
+    params["studies"]["transfusion"].update(
+        {
+            "enabled": True,
+            "architectures": ["efficientnet_lite0"],
+            "small_models": ["cbr_tiny"],
+            "transfuse_stages": [1],
+            "target_auc": 0.7,
+            "cka_images": 16,
+        }
+    )
+    names = list(study_configurations(params, "transfusion"))
+    assert names == [
+        "efficientnet_lite0_imagenet",
+        "efficientnet_lite0_scratch",
+        "efficientnet_lite0_mean_var",
+        "efficientnet_lite0_transfuse1",
+        "cbr_tiny_scratch",
+    ]
+    for name in names:
+        run_study_train(
+            "transfusion",
+            name,
+            store,
+            tmp_path / "models" / name,
+            tmp_path / "state" / name,
+            params,
+        )
+    run_study("transfusion", tmp_path / "models", store, tmp_path / "report", params)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    cka = pd.DataFrame(summary["cka"])
+    assert set(cka["configuration"]) == {
+        "efficientnet_lite0_imagenet",
+        "efficientnet_lite0_scratch",
+    }
+    assert cka["cka"].between(0, 1.0001).all()
+    # Every layer group of Lite0 (stem, 7 stages, head convolution) has a value.
+    assert cka.groupby("configuration").size().min() >= 8
+    table = {row["configuration"]: row for row in summary["table"]}
+    history = pd.read_csv(tmp_path / "models" / "cbr_tiny_scratch" / "history.csv")
+    reached = history.loc[history["val_auc"] >= 0.7, "epoch"]
+    expected = int(reached.iloc[0]) if len(reached) else None
+    assert table["cbr_tiny_scratch"]["epochs_to_target"] == expected
+    figures = {Path(f).name for f in summary["figures"]}
+    assert {"convergence.png", "cka.png", "transfusion.png"} <= figures

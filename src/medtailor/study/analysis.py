@@ -38,3 +38,17 @@ def spearman_with_ci(
         "rho_ci": [low, high],
         "rho_ci_undefined": int(np.isnan(samples).sum()),
     }
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations of
+    the same n examples, (n, p) and (n, q), through their n x n Gram matrices (so layers
+    of any width cost the same): 1 for identical representations, invariant to orthogonal
+    transforms and isotropic scaling of either."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    n = len(x)
+    centre = np.eye(n) - np.full((n, n), 1.0 / n)
+    gram_x, gram_y = centre @ (x @ x.T) @ centre, centre @ (y @ y.T) @ centre
+    denominator = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
+    return float(np.sum(gram_x * gram_y) / denominator) if denominator > 0 else float("nan")

@@ -35,7 +35,7 @@ def register_study(name: str, analyse: Analyser) -> Callable[[Expander], Expande
 
 
 def study_expander(name: str) -> Expander:
-    from medtailor.study import grid, zoo  # noqa: F401  (registers the built-in studies)
+    from medtailor.study import grid, transfusion, zoo  # noqa: F401  (registers the built-in studies)
 
     if name not in STUDIES:
         raise ValueError(f"no study {name!r}; known: {sorted(STUDIES)}")

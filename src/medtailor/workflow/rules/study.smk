@@ -59,3 +59,8 @@ rule study_zoo:
 rule study_grid:
     input:
         "data/studies/grid/report",
+
+
+rule study_transfusion:
+    input:
+        "data/studies/transfusion/report",
