@@ -79,7 +79,7 @@ def test_the_zoo_runs_under_snakemake_and_reruns_only_new_configurations(tmp_pat
     params["seg_models"] = {}
     params["studies"]["zoo"].update(
         {
-            "enabled": False,
+            "enabled": True,
             "architectures": ["efficientnet_lite0"],
             "inits": ["imagenet", "scratch"],
             "truncate": [0],
@@ -114,6 +114,19 @@ def test_the_zoo_runs_under_snakemake_and_reruns_only_new_configurations(tmp_pat
     assert metrics["efficientnet_lite0_imagenet_test_auc"] == pytest.approx(pretrained["test_auc"])
     # Each configuration is its own job with its own MLflow run and metrics.
     assert (project / "metrics" / "studies" / "zoo" / "efficientnet_lite0_scratch.json").is_file()
+    # The pipeline opened one run for the study: each configuration's run is its child and
+    # the analysis logged into it.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (study_run,) = [r for r in runs if r.info.run_name == "study:zoo"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study_run.info.run_id]
+    assert {r.data.tags.get("medtailor.model") for r in children} == set(table)
+    assert study_run.info.status == "FINISHED"
+    assert study_run.data.metrics["efficientnet_lite0_imagenet_test_auc"] == pytest.approx(
+        pretrained["test_auc"]
+    )
 
     # A truncation added to the block: only the new configuration trains, then the analysis.
     params["studies"]["zoo"]["truncate"] = [0, 1]

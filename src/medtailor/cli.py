@@ -747,7 +747,7 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
         if not is_rank_zero():  # only rank 0 logs to MLflow and writes metrics
             stage.run(args, view)
             return {}
-        with stage_run(run_name, view):
+        with stage_run(run_name, view, study, analysis=stage.name == "study"):
             summary, artifacts = stage.run(args, view)
             record_summary(summary, args.metrics, artifacts)
     except KeyError as exc:

@@ -21,6 +21,9 @@ from medtailor import __version__
 from medtailor.config import params_hash
 
 PARENT_RUN_ENV = "MEDTAILOR_PARENT_RUN_ID"
+# One run per enabled study under the pipeline run: its configurations' runs are its
+# children and its analysis (the `study` job) logs into it.
+STUDY_RUN_ENV = "MEDTAILOR_STUDY_RUN_{}"
 log = logging.getLogger(__name__)
 
 
@@ -86,22 +89,38 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def study_run_id(study: str) -> str | None:
+    """The run of ``study`` opened with this pipeline invocation, if any."""
+    return os.environ.get(STUDY_RUN_ENV.format(study.upper())) or None
+
+
 @contextmanager
-def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[Any]:
+def stage_run(
+    stage: str, params: Mapping[str, Any], study: str | None = None, analysis: bool = False
+) -> Iterator[Any]:
     """Open an MLflow run for one execution of ``stage``, logging the params it reads (its
-    view of params.yaml, see ``medtailor.config.stage_keys``) and the provenance tags."""
+    view of params.yaml, see ``medtailor.config.stage_keys``) and the provenance tags.
+
+    A configuration of ``study`` opens its run as a child of the study's run; the study's
+    ``analysis`` logs into the study's run itself (both when the pipeline opened one)."""
     import mlflow
 
     uri = tracking_uri(params["tracking"])
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(mlflow, params["tracking"], uri)
     tags = {"medtailor.stage": stage, **provenance_tags(params)}
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=stage,
-        parent_run_id=os.environ.get(PARENT_RUN_ENV) or None,
-        tags=tags,
-    ) as run:
+    own_study_run = study_run_id(study) if study else None
+    if own_study_run and analysis:
+        opened = mlflow.start_run(run_id=own_study_run)
+        mlflow.set_tags(tags)
+    else:
+        opened = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=stage,
+            parent_run_id=own_study_run or os.environ.get(PARENT_RUN_ENV) or None,
+            tags=tags,
+        )
+    with opened as run:
         mlflow.log_params(flatten({k: v for k, v in params.items() if k != "tracking"}))
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, uri)
         yield run
@@ -130,6 +149,7 @@ def child_run(name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> 
 
 
 _OWN_PARENT: list[str] = []
+_OWN_STUDIES: list[str] = []
 
 
 def start_pipeline_run(params: Mapping[str, Any]) -> str:
@@ -154,6 +174,21 @@ def start_pipeline_run(params: Mapping[str, Any]) -> str:
     )
     os.environ[PARENT_RUN_ENV] = run.info.run_id
     _OWN_PARENT.append(run.info.run_id)
+    client = MlflowClient(uri)
+    for study, cfg in (params.get("studies") or {}).items():
+        if cfg.get("enabled"):
+            child = client.create_run(
+                experiment_id,
+                run_name=f"study:{study}",
+                tags={
+                    "medtailor.stage": "study",
+                    "medtailor.study": study,
+                    "mlflow.parentRunId": run.info.run_id,
+                    **provenance_tags(params),
+                },
+            )
+            os.environ[STUDY_RUN_ENV.format(study.upper())] = child.info.run_id
+            _OWN_STUDIES.append(child.info.run_id)
     log.info("MLflow parent run %s for this pipeline invocation", run.info.run_id)
     return run.info.run_id
 
@@ -164,4 +199,9 @@ def end_pipeline_run(params: Mapping[str, Any], status: str) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri(params["tracking"])).set_terminated(_OWN_PARENT.pop(), status=status)
+    client = MlflowClient(tracking_uri(params["tracking"]))
+    while _OWN_STUDIES:  # a study whose analysis did not run this time (nothing changed)
+        run_id = _OWN_STUDIES.pop()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status=status)
+    client.set_terminated(_OWN_PARENT.pop(), status=status)
