@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from medtailor.evaluate.stats import percentile_interval
@@ -52,3 +56,81 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     gram_x, gram_y = centre @ (x @ x.T) @ centre, centre @ (y @ y.T) @ centre
     denominator = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
     return float(np.sum(gram_x * gram_y) / denominator) if denominator > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A trained configuration as every study's analysis reads it."""
+
+    frame: pd.DataFrame  # predictions joined with the patch index
+    facts: dict[str, Any]  # parameters, MACs, configuration (evaluate.checkpoint_facts)
+    test: dict[str, Any]  # mean test AUC with its patient-bootstrap CI
+
+
+def score_configurations(
+    folders: dict[str, Path], store_dir: Path, params: dict[str, Any]
+) -> dict[str, Scored]:
+    """Predictions, checkpoint facts and test AUC of every trained configuration."""
+    import torch
+
+    from medtailor.evaluate import checkpoint_facts
+    from medtailor.evaluate.classification import load_predictions
+    from medtailor.evaluate.whole_image import mean_auc_with_ci
+    from medtailor.patches.store import PatchStore
+
+    cfg, seed = params["evaluate"], int(params["seed"])
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    store = PatchStore(store_dir)
+    scored = {}
+    for name, folder in folders.items():
+        frame = load_predictions(folder / "predictions.parquet", store.index)
+        state = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+        test = mean_auc_with_ci(frame, "test", replicates, level, seed)
+        scored[name] = Scored(frame, checkpoint_facts(state), test)
+    return scored
+
+
+def auc_columns(test: dict[str, Any]) -> dict[str, Any]:
+    """The table columns of a test AUC with its CI."""
+    low, high = test["auc_ci"]
+    return {"test_auc": test["auc"], "test_auc_ci_low": low, "test_auc_ci_high": high}
+
+
+def write_study_report(
+    out_dir: Path, table: pd.DataFrame, summary: dict[str, Any], lines: list[str]
+) -> dict[str, Any]:
+    """table.csv, summary.json and report.md of a study; returns its flat DVC metrics
+    (test AUC of every trained configuration)."""
+    from medtailor.evaluate import _clean
+
+    table.to_csv(out_dir / "table.csv", index=False)
+    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    trained = table[table["status"] == "trained"] if "status" in table else table
+    return _clean({f"{r.configuration}_test_auc": r.test_auc for r in trained.itertuples()})
+
+
+def auc_vs_parameters_figure(table: pd.DataFrame, out_dir: Path, annotate: bool) -> str:
+    """Test AUC (with CIs) against parameters, one series per init."""
+    from medtailor.figures import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for init, part in table.groupby("init"):
+        with_interval(ax, part["parameters"] / 1e6, part, "test_auc", label=init)
+        if annotate:
+            for row in part.itertuples():
+                ax.annotate(row.configuration, (row.parameters / 1e6, row.test_auc), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("test AUC")
+    ax.legend(fontsize="small")
+    save_figure(fig, out_dir / "figures" / "auc_vs_parameters.png")
+    return "figures/auc_vs_parameters.png"
+
+
+def with_interval(ax: Any, x: pd.Series, part: pd.DataFrame, column: str, **style: Any) -> None:
+    """Points of ``column`` with error bars from its ``_ci_low`` and ``_ci_high`` columns."""
+    value = part[column]
+    errors = np.vstack([value - part[f"{column}_ci_low"], part[f"{column}_ci_high"] - value])
+    ax.errorbar(x, value, yerr=errors, fmt="o", capsize=3, **style)

@@ -13,7 +13,6 @@ the clustered DeLong and McNemar tests between the two best configurations.
 from __future__ import annotations
 
 import itertools
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtailor.study.analysis import auc_columns, score_configurations, write_study_report
 from medtailor.study.registry import register_study
 
 
@@ -87,35 +87,26 @@ def analyse_grid(
     params: dict[str, Any],
     left_out: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    from medtailor.evaluate import _clean
-    from medtailor.evaluate.classification import load_predictions
     from medtailor.evaluate.whole_image import (
         compare_whole_image_models,
         evaluate_whole_image_model,
-        mean_auc_with_ci,
     )
-    from medtailor.patches.store import PatchStore
 
     cfg, seed = params["evaluate"], int(params["seed"])
-    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     levels = grid_levels(params["studies"]["grid"])
     factors = list(params["studies"]["grid"]["factors"])
-    store = PatchStore(store_dir)
-    rows, frames = [], {}
-    for name, folder in folders.items():
-        frame = load_predictions(folder / "predictions.parquet", store.index)
-        test = mean_auc_with_ci(frame, "test", replicates, level, seed)
-        rows.append(
+    scored = score_configurations(folders, store_dir, params)
+    frames = {name: result.frame for name, result in scored.items()}
+    table = pd.DataFrame(
+        [
             {
                 "configuration": name,
                 **{f: level_label(levels[name][f]) for f in factors},
-                "test_auc": test["auc"],
-                "test_auc_ci_low": test["auc_ci"][0],
-                "test_auc_ci_high": test["auc_ci"][1],
+                **auc_columns(result.test),
             }
-        )
-        frames[name] = frame
-    table = pd.DataFrame(rows)
+            for name, result in scored.items()
+        ]
+    )
     varied = [f for f in factors if table[f].nunique() > 1]
     effects = []
     for factor in varied:
@@ -130,7 +121,6 @@ def analyse_grid(
     if len(best) == 2:
         results = {n: evaluate_whole_image_model(n, frames[n], cfg, seed) for n in best}
         comparisons = compare_whole_image_models({n: frames[n] for n in best}, results, cfg, seed)
-    table.to_csv(out_dir / "table.csv", index=False)
     effects_table.to_csv(out_dir / "mixed_effects.csv", index=False)
     figure = grid_boxplots(table, varied, out_dir)
     summary = {
@@ -141,11 +131,8 @@ def analyse_grid(
         "left_out": {n: e["missing"] for n, e in (left_out or {}).items()},
         "figures": [figure] if figure else [],
     }
-    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     lines = grid_report(table, effects_table, comparisons, summary, factors, cfg)
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    flat: dict[str, Any] = {f"{r.configuration}_test_auc": r.test_auc for r in table.itertuples()}
-    return _clean(flat)
+    return write_study_report(out_dir, table, summary, lines)
 
 
 def grid_boxplots(table: pd.DataFrame, factors: list[str], out_dir: Path) -> str | None:

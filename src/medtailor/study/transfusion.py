@@ -17,7 +17,6 @@ ImageNet and random initialisations, with its per-layer plot.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtailor.study.analysis import (
+    auc_columns,
+    auc_vs_parameters_figure,
+    score_configurations,
+    write_study_report,
+)
 from medtailor.study.registry import register_study
-from medtailor.study.zoo import init_label, with_interval
+from medtailor.study.zoo import init_label
 
 CKA_INITS = ("imagenet", "scratch")
 
@@ -86,9 +91,6 @@ def analyse_transfusion(
     params: dict[str, Any],
     left_out: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    from medtailor.evaluate import _clean, checkpoint_facts
-    from medtailor.evaluate.classification import load_predictions
-    from medtailor.evaluate.whole_image import mean_auc_with_ci
     from medtailor.patches.store import PatchStore
     from medtailor.study import study_configurations
     from medtailor.targets import output_count
@@ -96,17 +98,13 @@ def analyse_transfusion(
 
     cfg, seed = params["evaluate"], int(params["seed"])
     study = params["studies"]["transfusion"]
-    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     entries = study_configurations(params, "transfusion")
     store = PatchStore(store_dir)
+    num_classes = output_count(store.task())
     rows, curves, cka_rows = [], [], []
-    for name, folder in folders.items():
-        entry = entries[name]
-        frame = load_predictions(folder / "predictions.parquet", store.index)
-        checkpoint = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
-        facts = checkpoint_facts(checkpoint)
+    for name, result in score_configurations(folders, store_dir, params).items():
+        entry, facts, folder = entries[name], result.facts, folders[name]
         history = pd.read_csv(folder / "history.csv")
-        test = mean_auc_with_ci(frame, "test", replicates, level, seed)
         init = str(entry["init"])
         rows.append(
             {
@@ -118,9 +116,7 @@ def analyse_transfusion(
                 else None,
                 "parameters": facts["parameters"],
                 "macs": facts["macs"],
-                "test_auc": test["auc"],
-                "test_auc_ci_low": test["auc_ci"][0],
-                "test_auc_ci_high": test["auc_ci"][1],
+                **auc_columns(result.test),
                 "epochs_to_target": epochs_to_target(history, float(study["target_auc"])),
                 "status": "trained",
             }
@@ -132,9 +128,7 @@ def analyse_transfusion(
             )
             count = min(len(dataset), int(study["cka_images"]))
             images = torch.stack([dataset[i][0] for i in range(count)])
-            values = cka_before_after(
-                entry, folder / "best.pt", images, seed, output_count(store.task())
-            )
+            values = cka_before_after(entry, folder / "best.pt", images, seed, num_classes)
             cka_rows += [
                 {"configuration": name, "init": init, "layer": k, "cka": v}
                 for k, v in enumerate(values)
@@ -151,17 +145,12 @@ def analyse_transfusion(
     table = pd.DataFrame(rows)
     cka = pd.DataFrame(cka_rows, columns=["configuration", "init", "layer", "cka"])
     history = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    table.to_csv(out_dir / "table.csv", index=False)
     cka.to_csv(out_dir / "cka.csv", index=False)
     history.to_csv(out_dir / "convergence.csv", index=False)
     figures = transfusion_figures(table, history, cka, float(study["target_auc"]), out_dir)
     summary = {"table": table.to_dict("records"), "cka": cka.to_dict("records"), "figures": figures}
-    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     lines = transfusion_report(table, cka, figures, study, cfg)
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    trained = table[table["status"] == "trained"]
-    flat: dict[str, Any] = {f"{r.configuration}_test_auc": r.test_auc for r in trained.itertuples()}
-    return _clean(flat)
+    return write_study_report(out_dir, table, summary, lines)
 
 
 def transfusion_figures(
@@ -216,15 +205,7 @@ def transfusion_figures(
         made.append("figures/cka.png")
     trained = table[table["status"] == "trained"]
     if len(trained):
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        for init, part in trained.groupby("init"):
-            with_interval(ax, part["parameters"] / 1e6, part, "test_auc", label=init)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters (millions)")
-        ax.set_ylabel("test AUC")
-        ax.legend(fontsize="small")
-        save_figure(fig, out_dir / "figures" / "auc_vs_parameters.png")
-        made.append("figures/auc_vs_parameters.png")
+        made.append(auc_vs_parameters_figure(trained, out_dir, annotate=False))
     return made
 
 

@@ -11,15 +11,20 @@ bootstrap CIs, the table and its figures.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from medtailor.study.analysis import (
+    auc_columns,
+    auc_vs_parameters_figure,
+    score_configurations,
+    with_interval,
+    write_study_report,
+)
 from medtailor.study.imagenet import SOURCE
 from medtailor.study.registry import register_study
 
@@ -31,23 +36,16 @@ def analyse_zoo(
     params: dict[str, Any],
     left_out: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    from medtailor.evaluate import _clean, checkpoint_facts
-    from medtailor.evaluate.classification import load_predictions
-    from medtailor.evaluate.whole_image import mean_auc_difference_with_ci, mean_auc_with_ci
-    from medtailor.patches.store import PatchStore
+    from medtailor.evaluate.whole_image import mean_auc_difference_with_ci
     from medtailor.study.analysis import spearman_with_ci
     from medtailor.study.imagenet import imagenet_top1, pretrained_weight
 
     cfg, seed = params["evaluate"], int(params["seed"])
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
-    store = PatchStore(store_dir)
-    rows, frames = [], {}
-    for name, folder in folders.items():
-        frame = load_predictions(folder / "predictions.parquet", store.index)
-        facts = checkpoint_facts(
-            torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
-        )
-        test = mean_auc_with_ci(frame, "test", replicates, level, seed)
+    scored = score_configurations(folders, store_dir, params)
+    rows = []
+    for name, result in scored.items():
+        facts = result.facts
         rows.append(
             {
                 "configuration": name,
@@ -58,13 +56,10 @@ def analyse_zoo(
                 "macs": facts["macs"],
                 "imagenet_weight": pretrained_weight(facts["architecture"]),
                 "imagenet_top1": imagenet_top1(facts["architecture"]),
-                "test_auc": test["auc"],
-                "test_auc_ci_low": test["auc_ci"][0],
-                "test_auc_ci_high": test["auc_ci"][1],
+                **auc_columns(result.test),
                 "status": "trained",
             }
         )
-        frames[name] = frame
     for name, entry in (left_out or {}).items():
         rows.append(
             {
@@ -84,7 +79,12 @@ def analyse_zoo(
         inits = group.set_index("init")["configuration"]
         if "imagenet" in inits and "scratch" in inits:
             boost = mean_auc_difference_with_ci(
-                frames[inits["imagenet"]], frames[inits["scratch"]], "test", replicates, level, seed
+                scored[inits["imagenet"]].frame,
+                scored[inits["scratch"]].frame,
+                "test",
+                replicates,
+                level,
+                seed,
             )
             boosts.append(
                 {
@@ -121,26 +121,15 @@ def analyse_zoo(
     correlations["boost_vs_parameters"] = spearman_with_ci(
         with_boost["parameters"], with_boost["pretraining_boost"], replicates, level, seed
     )
-    table.to_csv(out_dir / "table.csv", index=False)
     figures = zoo_figures(table, out_dir)
     summary = {"table": table.to_dict("records"), "correlations": correlations, "figures": figures}
-    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
-    (out_dir / "report.md").write_text(
-        "\n".join(zoo_report(table, correlations, figures, cfg)) + "\n"
+    flat = write_study_report(
+        out_dir, table, summary, zoo_report(table, correlations, figures, cfg)
     )
-    flat: dict[str, Any] = {}
     for row in table[table["status"] == "trained"].itertuples():
-        flat[f"{row.configuration}_test_auc"] = row.test_auc
         if row.init == "imagenet" and not pd.isna(row.pretraining_boost):
-            flat[f"{row.configuration}_boost"] = row.pretraining_boost
-    return _clean(flat)
-
-
-def with_interval(ax: Any, x: pd.Series, part: pd.DataFrame, column: str, **style: Any) -> None:
-    """Points of ``column`` with error bars from its ``_ci_low`` and ``_ci_high`` columns."""
-    value = part[column]
-    errors = np.vstack([value - part[f"{column}_ci_low"], part[f"{column}_ci_high"] - value])
-    ax.errorbar(x, value, yerr=errors, fmt="o", capsize=3, **style)
+            flat[f"{row.configuration}_boost"] = float(row.pretraining_boost)
+    return flat
 
 
 def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
@@ -149,17 +138,7 @@ def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
     plt = pyplot()
     made = []
     table = table[table["status"] == "trained"]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for init, part in table.groupby("init"):
-        with_interval(ax, part["parameters"] / 1e6, part, "test_auc", label=init)
-        for row in part.itertuples():
-            ax.annotate(row.configuration, (row.parameters / 1e6, row.test_auc), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (millions)")
-    ax.set_ylabel("test AUC")
-    ax.legend()
-    save_figure(fig, out_dir / "figures" / "auc_vs_parameters.png")
-    made.append("figures/auc_vs_parameters.png")
+    made.append(auc_vs_parameters_figure(table, out_dir, annotate=True))
     known = table.dropna(subset=["imagenet_top1"])
     if len(known):
         fig, ax = plt.subplots(figsize=(5, 3.6))
