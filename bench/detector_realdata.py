@@ -51,6 +51,13 @@ CONFIGS = {
         "backbone_init": "imagenet",
         "base_anchor_shapes": "auto",
     },
+    # The default with a GIoU box loss: it optimises the overlap the IoU > 0.5 rule scores.
+    "lite0_imagenet_auto_giou": {
+        "backbone": "efficientnet_lite0",
+        "backbone_init": "imagenet",
+        "base_anchor_shapes": "auto",
+        "box_regression_loss": "giou",
+    },
     # The crop planned too (256 px on this data), one crop per image: the pixels per epoch
     # of the default's four 128-px crops, so the same CPU budget.
     "lite0_imagenet_auto_crop": {

@@ -30,6 +30,17 @@ def test_report_tables_figures_and_metrics(evaluation_run):
         assert froc["aufroc_ci"][0] <= froc["aufroc"] <= froc["aufroc_ci"][1]
         assert (out / "models" / f"{name}.json").is_file()
         assert (out / "figures" / f"gradcam_{name}.png").is_file()
+        # The pointing game on the val and test true positives, with its chance level.
+        game = result["pointing_game"]
+        if game["true_positives"]:
+            assert 0 <= game["hits"] <= game["true_positives"] and 0 < game["chance"] < 0.5
+            line = f"- {name}: {game['hits']} of {game['true_positives']} ("
+            assert line in (out / "report.md").read_text()
+            assert evaluation_run["flat"][f"{name}_gradcam_pointing"] == pytest.approx(
+                game["hits"] / game["true_positives"]
+            )
+        else:
+            assert f"- {name}: no true positive to point at" in (out / "report.md").read_text()
     assert summary["detector_froc"]["lesions"] > 0
     (comparison,) = summary["comparisons"]
     assert 0 <= comparison["delong_p"] <= comparison["delong_p_holm"] <= 1

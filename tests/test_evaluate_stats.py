@@ -312,3 +312,41 @@ def test_gradcam_is_high_where_the_lesion_evidence_is():
     for heat, centre in zip(maps, [(23, 27), (19, 20)], strict=True):
         assert np.unravel_index(np.argmax(heat), heat.shape) == centre
         assert heat[centre] == 1.0 and heat[8, 8] == 0.0  # the empty background
+
+
+def test_pointing_game_scores_the_maximum_pixel_against_its_box():
+    from medtailor.evaluate.gradcam import box_share, pointing_game
+
+    maps = np.zeros((3, 8, 8))
+    maps[0, 2, 5] = 1.0  # row y = 2, column x = 5: centre (5.5, 2.5)
+    maps[1, 6, 1] = 1.0  # centre (1.5, 6.5)
+    boxes = np.array([[4.0, 1.0, 7.0, 4.0], [4.0, 1.0, 7.0, 4.0], [0.0, 0.0, 1.0, 1.0]])
+    # The third map is flat: it "points" at its first pixel, inside a box covering it.
+    assert pointing_game(maps, boxes).tolist() == [True, False, True]
+    # Transposed box (x and y swapped) must miss: the map is indexed (row = y, column = x).
+    assert not pointing_game(maps[:1], np.array([[1.0, 4.0, 4.0, 7.0]]))[0]
+    # Chance: the box's share of the patch, clipped to the patch.
+    np.testing.assert_allclose(
+        box_share(np.array([[4.0, 1.0, 7.0, 4.0], [-2.0, -2.0, 4.0, 8.0]]), 8), [9 / 64, 0.5]
+    )
+
+
+def test_a_lesion_box_lands_where_the_patch_shows_the_lesion():
+    """box_in_patch maps an image box into the patch that extract_patch samples around a
+    candidate: a bright square in the image fills exactly that box of the patch."""
+    from medtailor.patches.crops import box_in_patch, context_region, extract_patch
+
+    image = np.zeros((200, 120), np.float32)
+    lesion = np.array([60.0, 40.0, 80.0, 50.0])  # x0, y0, x1, y1 (voxel edges)
+    image[60:80, 40:50] = 1.0
+    candidate = np.array([58.0, 36.0, 84.0, 52.0])
+    low, high = context_region(candidate, 0.5, True)
+    patch = extract_patch(image, low, high, (64, 64))
+    box = box_in_patch(lesion, low, high, (64, 64))
+    inside = patch[int(np.ceil(box[0])) : int(box[2]), int(np.ceil(box[1])) : int(box[3])]
+    assert inside.min() > 0.5
+    outside = patch.copy()
+    outside[
+        int(box[0]) - 2 : int(np.ceil(box[2])) + 2, int(box[1]) - 2 : int(np.ceil(box[3])) + 2
+    ] = 0
+    assert outside.max() < 0.05

@@ -19,13 +19,19 @@ def test_context_region_grows_and_squares():
     np.testing.assert_allclose((low + high) / 2, [20, 40])
 
 
-def test_patch_samples_the_region_linearly_and_pads_with_zero():
-    image = np.add.outer(np.arange(100.0), np.zeros(50))  # value = x index
+def test_patch_samples_the_region_linearly_and_repeats_the_image_border_outside():
+    image = np.add.outer(np.arange(100.0), np.zeros(50)) + 3.0  # value = x index + 3
     patch = extract_patch(image, np.array([10.0, 0.0]), np.array([20.0, 10.0]), (10, 10))
     # Output pixel j covers [10 + j, 11 + j): its centre samples x = 10 + j.
-    np.testing.assert_allclose(patch[:, 0], np.arange(10, 20), atol=1e-5)
-    outside = extract_patch(image, np.array([-10.0, 0.0]), np.array([10.0, 10.0]), (20, 10))
-    assert (outside[:9] == 0).all() and outside[15, 5] == pytest.approx(5.0)
+    np.testing.assert_allclose(patch[:, 0], np.arange(10, 20) + 3.0, atol=1e-5)
+    low, high = np.array([-10.0, 0.0]), np.array([10.0, 10.0])
+    # Default: the border column (x = 0, value 3) continues outside; no dark band that
+    # would tell a classifier "this candidate is at the image border".
+    outside = extract_patch(image, low, high, (20, 10))
+    np.testing.assert_allclose(outside[:10], 3.0, atol=1e-5)
+    assert outside[15, 5] == pytest.approx(8.0)
+    zero = extract_patch(image, low, high, (20, 10), padding="zero")
+    assert (zero[:9] == 0).all() and zero[15, 5] == pytest.approx(8.0)
 
 
 def test_downsampling_is_antialiased():

@@ -74,6 +74,35 @@ def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, tmp_
     assert summary["parameters"] > 3e6 and summary["macs"] > 0
 
 
+def test_gradcam_points_at_the_fracture_of_a_model_that_learned_it(detection_run, tmp_path):
+    """Issue 9 item 16's pointing game, end to end on trained weights: the Grad-CAM maximum
+    falls inside the lesion box for most validation and test true positives, far above
+    chance (the box covers about a sixth of a patch). A ResNet-18 trained from scratch is
+    used because it does localise: occlusion and Grad-CAM agree on it. The pre-trained
+    Lite0's Grad-CAM is near chance on this data (docs/stages.md), which the report states
+    per model with this same measurement."""
+    from medtailor.evaluate.report import gradcam_pointing_game
+    from medtailor.patches.store import PatchStore
+    from medtailor.tables import read_boxes
+    from medtailor.train.architecture import load_classifier
+
+    params = config(detection_run)
+    params["models"]["under_test"].update({"model": "resnet18", "init": "scratch"})
+    run_train("under_test", detection_run["root"] / "patches", tmp_path, tmp_path / "s", params)
+    model, checkpoint = load_classifier(tmp_path / "best.pt")
+    game = gradcam_pointing_game(
+        model,
+        checkpoint["config"],
+        pd.read_parquet(tmp_path / "predictions.parquet"),
+        PatchStore(detection_run["root"] / "patches"),
+        read_boxes(detection_run["root"] / "resample" / "boxes.parquet"),
+        params,
+        0.5,
+    )
+    assert game["true_positives"] >= 10, game
+    assert game["hits"] > 0.75 * game["true_positives"] and game["chance"] < 0.25, game
+
+
 def test_two_runs_with_one_seed_are_identical(detection_run, tmp_path):
     params = config(detection_run, epochs=2)
     store = detection_run["root"] / "patches"

@@ -62,7 +62,15 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "search_seg_fine": SEARCH_SEG_KEYS,
     "search_seg_final": SEARCH_SEG_KEYS,
     # patches.positive_iou: the evidence table's detector recall, as the patches stage counts it.
-    "evaluate": ("seed", "evaluate", "patches.positive_iou", "patches.min_score"),
+    # patches.context and square place each lesion box in its patch (the pointing game).
+    "evaluate": (
+        "seed",
+        "evaluate",
+        "patches.positive_iou",
+        "patches.min_score",
+        "patches.context",
+        "patches.square",
+    ),
     # A study's configurations train with the train recipe under the study's block (Snakemake
     # compares each configuration's expanded entry instead: medtailor.study).
     "study_train": ("seed", "train", "studies.{study}", "compute.gpus"),

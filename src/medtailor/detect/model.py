@@ -11,6 +11,7 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.losses import BoxGIoULoss
 from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from monai.networks.nets import resnet
@@ -134,6 +135,7 @@ def build_detector(
     detector = RetinaNetDetector(network=network, anchor_generator=anchors, debug=False)
     detector.set_target_keys(box_key="boxes", label_key="labels")
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    set_box_regression_loss(detector, str(cfg.get("box_regression_loss", "smooth_l1")))
     detector.set_hard_negative_sampler(
         batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16
     )
@@ -151,6 +153,24 @@ def build_detector(
         device="cpu",
     )
     return detector
+
+
+def set_box_regression_loss(detector: RetinaNetDetector, name: str) -> None:
+    """``smooth_l1`` on encoded offsets (MONAI's default) or ``giou`` on decoded boxes.
+
+    GIoU optimises box overlap directly, the quantity the patch stage thresholds
+    (IoU > 0.5 makes a candidate positive), where smooth L1 weighs each coordinate's
+    offset alike whatever the box size."""
+    if name == "giou":
+        detector.set_box_regression_loss(
+            BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True
+        )
+    elif name == "smooth_l1":
+        detector.set_box_regression_loss(
+            nn.SmoothL1Loss(beta=1.0 / 9, reduction="mean"), encode_gt=True, decode_pred=False
+        )
+    else:
+        raise ValueError(f"detector box_regression_loss {name!r}: expected smooth_l1 or giou")
 
 
 def device() -> torch.device:

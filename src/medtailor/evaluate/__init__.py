@@ -251,7 +251,11 @@ def run_evaluate(
     Each model is rebuilt from its own checkpoint (which carries its configuration and its
     parameter and MAC counts), never from the current params.yaml.
     """
-    from medtailor.evaluate.report import gradcam_for_model, write_report
+    from medtailor.evaluate.report import (
+        gradcam_for_model,
+        gradcam_pointing_game,
+        write_report,
+    )
     from medtailor.train.architecture import load_classifier
 
     cfg, seed = params["evaluate"], int(params["seed"])
@@ -298,6 +302,9 @@ def run_evaluate(
         if threshold is not None and int(cfg["gradcam_per_outcome"]) > 0:
             result["gradcam"] = str(
                 gradcam_for_model(name, model, config, frame, store, params, threshold, out_dir)
+            )
+            result["pointing_game"] = gradcam_pointing_game(
+                model, config, frame, store, truths, params, threshold
             )
         results[name], frames[name] = result, frame
         curves.append(tables["froc"])
@@ -346,6 +353,9 @@ def run_evaluate(
     for name, result in results.items():
         flat[f"{name}_test_auc"] = result["test"].get("auc")
         flat[f"{name}_test_aufroc"] = result["test_froc"].get("aufroc")
+        game = result.get("pointing_game") or {}
+        if game.get("true_positives"):
+            flat[f"{name}_gradcam_pointing"] = game["hits"] / game["true_positives"]
     for name, result in summary.get("segmentation", {}).get("models", {}).items():
         for row in result["test"]:
             flat[f"{name}_test_dice_{row['class']}"] = row["dice"]

@@ -74,6 +74,25 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, input_size: int) -> np.
     )
 
 
+def pointing_game(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Whether each map's maximum lies inside its box (Zhang et al.'s pointing game).
+
+    ``maps`` is (N, H, W), indexed (row = y, column = x); ``boxes`` is (N, 4) pixel edges
+    (x0, y0, x1, y1) in the same frame. The maximum pixel counts as inside when its centre
+    is; a flat map points at its first pixel, so it only scores when the box covers it."""
+    maps, boxes = np.asarray(maps), np.asarray(boxes, float)
+    rows, columns = np.unravel_index(maps.reshape(len(maps), -1).argmax(axis=1), maps.shape[1:])
+    x, y = columns + 0.5, rows + 0.5
+    return (boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])
+
+
+def box_share(boxes: np.ndarray, size: int) -> np.ndarray:
+    """Share of a ``size`` x ``size`` patch each box covers: a random point's chance of
+    falling inside it, the pointing game's chance level."""
+    clipped = np.clip(np.asarray(boxes, float), 0, size)
+    return (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) / size**2
+
+
 def last_convolution(model: nn.Module) -> str:
     name = ""
     for module_name, module in model.named_modules():

@@ -162,7 +162,7 @@ def run_patches(
                 kind,
                 patch["split"],
                 int(patch["row"]),
-                extract_patch(scaled, low, high, sizes[kind]),
+                extract_patch(scaled, low, high, sizes[kind], str(cfg.get("padding", "edge"))),
             )
     writer.close()
     index.to_parquet(out_dir / INDEX, index=False)

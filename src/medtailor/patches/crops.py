@@ -20,11 +20,23 @@ def context_region(box: np.ndarray, context: float, square: bool) -> tuple[np.nd
     return centre - extent / 2, centre + extent / 2
 
 
-def extract_patch(
-    image: np.ndarray, low: np.ndarray, high: np.ndarray, size: tuple[int, ...]
-) -> np.ndarray:
-    """Sample the region [low, high) (voxel edges) on a ``size`` grid, linearly, zero outside.
+PADDING_MODES = {"edge": "nearest", "zero": "constant"}
 
+
+def extract_patch(
+    image: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    size: tuple[int, ...],
+    padding: str = "edge",
+) -> np.ndarray:
+    """Sample the region [low, high) (voxel edges) on a ``size`` grid, linearly.
+
+    Where the region leaves the image, ``padding`` ``edge`` repeats the image's border
+    voxels and ``zero`` fills zeros. Edge is the default: a zero band marks "this candidate
+    is at the image border", a cue that has nothing to do with a lesion, and classifiers
+    learn it when false positives gather at the borders (on the synthetic radiographs they
+    do, and Grad-CAM then pointed at the band instead of the fracture: docs/stages.md).
     Downsampled axes are low-pass filtered first (the resample stage's anti-aliasing
     Gaussian for a shrink factor of ``step``) so the patch does not alias; only a margin
     around the region is filtered.
@@ -36,6 +48,10 @@ def extract_patch(
     start = np.clip(np.floor(low).astype(int) - margin, 0, np.asarray(image.shape))
     stop = np.clip(np.ceil(high).astype(int) + margin, 0, np.asarray(image.shape))
     if np.any(stop <= start):
+        # The region misses the image: edge padding would repeat the nearest border voxel.
+        if padding == "edge":
+            nearest = np.clip(np.floor((low + high) / 2), 0, np.asarray(image.shape) - 1)
+            return np.full(size, image[tuple(nearest.astype(int))], np.float32)
         return np.zeros(size, np.float32)
     region = np.asarray(
         image[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))], np.float32
@@ -50,7 +66,18 @@ def extract_patch(
         offset=offset,
         output_shape=tuple(size),
         order=1,
-        mode="constant",
+        mode=PADDING_MODES[padding],
         cval=0.0,
         output=np.float32,
     )
+
+
+def box_in_patch(
+    box: np.ndarray, low: np.ndarray, high: np.ndarray, size: tuple[int, ...]
+) -> np.ndarray:
+    """Edges of ``box`` (image voxel edges, lows then highs) in the pixel edges of the patch
+    sampled from the region [low, high) onto a ``size`` grid, as ``extract_patch`` samples it."""
+    ndim = len(size)
+    box, low, high = (np.asarray(v, float) for v in (box, low, high))
+    scale = np.asarray(size, float) / (high - low)
+    return np.concatenate([(box[:ndim] - low) * scale, (box[ndim:] - low) * scale])
