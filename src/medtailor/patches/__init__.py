@@ -132,7 +132,9 @@ def run_patches(
             )
         task = {**classification_task(classes), "samples": "whole_image"}
         index = whole_image_index(manifest, classes, task)
-        context, square = 0.0, True
+        # A whole image is letterboxed into its square: zeros, as documented, since the
+        # padding is the same for every image and repeating its border would smear it.
+        context, square, padding = 0.0, True, "zero"
     else:
         if candidates_file is None:
             raise PatchesInputError("patches.source is candidates: give --candidates")
@@ -140,6 +142,7 @@ def run_patches(
         task = CANDIDATE_TASK
         index = label_candidates(manifest, candidates, truths, cfg)
         context, square = float(cfg["context"]), bool(cfg["square"])
+        padding = str(cfg.get("padding", "edge"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.npy"), out_dir / FINGERPRINT]:
@@ -162,7 +165,7 @@ def run_patches(
                 kind,
                 patch["split"],
                 int(patch["row"]),
-                extract_patch(scaled, low, high, sizes[kind], str(cfg.get("padding", "edge"))),
+                extract_patch(scaled, low, high, sizes[kind], padding),
             )
     writer.close()
     index.to_parquet(out_dir / INDEX, index=False)
