@@ -48,10 +48,6 @@ def extract_patch(
     start = np.clip(np.floor(low).astype(int) - margin, 0, np.asarray(image.shape))
     stop = np.clip(np.ceil(high).astype(int) + margin, 0, np.asarray(image.shape))
     if np.any(stop <= start):
-        # The region misses the image: edge padding would repeat the nearest border voxel.
-        if padding == "edge":
-            nearest = np.clip(np.floor((low + high) / 2), 0, np.asarray(image.shape) - 1)
-            return np.full(size, image[tuple(nearest.astype(int))], np.float32)
         return np.zeros(size, np.float32)
     region = np.asarray(
         image[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))], np.float32
