@@ -58,6 +58,13 @@ CONFIGS = {
         "base_anchor_shapes": "auto",
         "box_regression_loss": "giou",
     },
+    # The default with the backbone's batch norm frozen: a batch holds 8 crops.
+    "lite0_imagenet_auto_frozen_bn": {
+        "backbone": "efficientnet_lite0",
+        "backbone_init": "imagenet",
+        "base_anchor_shapes": "auto",
+        "frozen_batch_norm": True,
+    },
     # The crop planned too (256 px on this data), one crop per image: the pixels per epoch
     # of the default's four 128-px crops, so the same CPU budget.
     "lite0_imagenet_auto_crop": {

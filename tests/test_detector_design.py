@@ -198,6 +198,49 @@ def test_a_timm_detector_trains_one_step_and_reloads_from_its_checkpoint(tmp_pat
             torch.testing.assert_close(x, y)
 
 
+def test_frozen_batch_norm_keeps_the_pretrained_statistics_through_training():
+    """frozen_batch_norm: a training step moves the convolutions but not one batch-norm
+    statistic or affine term of the backbone (they stay ImageNet's), and a checkpoint of
+    the frozen detector loads back into one rebuilt from its configuration."""
+    torch.manual_seed(0)
+    cfg = {**TIMM_CFG, "frozen_batch_norm": True}
+    detector = build_detector(2, cfg, SELECTION)
+    body = detector.network.feature_extractor.body
+    frozen = {k: v.clone() for k, v in body.state_dict().items() if ".bn" in k}
+    assert frozen and not any(k.endswith("num_batches_tracked") for k in frozen)
+    stem = body.conv_stem.weight.detach().clone()
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.1)
+    detector.train()
+    target = {"boxes": torch.tensor([[30.0, 40.0, 50.0, 60.0]]), "labels": torch.zeros(1).long()}
+    losses = detector([torch.rand(1, 128, 128)], [target])
+    (losses["classification"] + losses["box_regression"]).backward()
+    optimizer.step()
+    assert not torch.equal(body.conv_stem.weight, stem)
+    for key, value in body.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), key
+    build_detector(2, cfg, SELECTION, pretrained=False).load_state_dict(detector.state_dict())
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "giou"])
+def test_the_box_regression_loss_is_the_configured_one(loss):
+    """box_regression_loss: GIoU compares decoded boxes (the overlap the IoU rule scores),
+    smooth L1 encoded offsets; both give a finite loss to train on."""
+    from monai.losses import BoxGIoULoss
+
+    detector = build_detector(2, {**TIMM_CFG, "box_regression_loss": loss}, SELECTION)
+    expected = BoxGIoULoss if loss == "giou" else torch.nn.SmoothL1Loss
+    assert isinstance(detector.box_loss_func, expected)
+    assert detector.encode_gt == (loss == "smooth_l1")
+    assert detector.decode_pred == (loss == "giou")
+    detector.train()
+    target = {"boxes": torch.tensor([[30.0, 40.0, 50.0, 60.0]]), "labels": torch.zeros(1).long()}
+    losses = detector([torch.rand(1, 128, 128)], [target])
+    assert torch.isfinite(losses["box_regression"]) and losses["box_regression"] > 0
+    with pytest.raises(ValueError, match="box_regression_loss 'iou'"):
+        build_detector(2, {**TIMM_CFG, "box_regression_loss": "iou"}, SELECTION)
+
+
 def test_volumes_keep_the_resnet_and_a_timm_volume_backbone_is_refused():
     from medtailor.config import cross_field_errors
 

@@ -32,6 +32,8 @@ def test_report_tables_figures_and_metrics(evaluation_run):
         assert (out / "figures" / f"gradcam_{name}.png").is_file()
         # The pointing game on the val and test true positives, with its chance level.
         game = result["pointing_game"]
+        assert game["method"] == "layercam"  # evaluate.cam_method, named in the report
+        assert "LayerCAM maps of the target stage" in (out / "report.md").read_text()
         if game["true_positives"]:
             assert 0 <= game["hits"] <= game["true_positives"] and 0 < game["chance"] < 0.5
             line = f"- {name}: {game['hits']} of {game['true_positives']} ("

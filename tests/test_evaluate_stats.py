@@ -287,7 +287,8 @@ def test_auc_interval_resamples_patients_not_patches():
     )
 
 
-def test_gradcam_is_high_where_the_lesion_evidence_is():
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_gradcam_is_high_where_the_lesion_evidence_is(method: str):
     """A hand-built two-class network whose lesion logit is the mean of a convolution's
     output over the lower-right quarter: the map must peak at the bright spot there and be
     0 on the empty background, not the reverse (MONAI's default normaliser maps the
@@ -307,11 +308,50 @@ def test_gradcam_is_high_where_the_lesion_evidence_is():
     images = torch.zeros(2, 1, 32, 32)
     images[0, 0, 22:25, 26:29] = 1.0
     images[1, 0, 18:21, 19:22] = 1.0
-    maps = gradcam_maps(QuarterEvidence(), images, 32)
+    maps = gradcam_maps(QuarterEvidence(), images, 32, method)
     assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
     for heat, centre in zip(maps, [(23, 27), (19, 20)], strict=True):
         assert np.unravel_index(np.argmax(heat), heat.shape) == centre
         assert heat[centre] == 1.0 and heat[8, 8] == 0.0  # the empty background
+
+
+def test_layercam_matches_its_definition_computed_with_autograd():
+    """LayerCAM (Jiang et al. 2021) of the lesion evidence y at the target activations A:
+    ReLU(sum_c ReLU(dy/dA_c) * A_c), upsampled bilinearly to the input and scaled to
+    [0, 1] per image. Computed here with torch.autograd on a random network, independently
+    of MONAI's hooks; Grad-CAM's channel-mean weights give a different map."""
+    from medtailor.evaluate.gradcam import gradcam_maps
+
+    torch.manual_seed(0)
+
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 6, 3, stride=2, padding=1)
+            self.target = torch.nn.Conv2d(6, 8, 3, padding=1)
+            self.head = torch.nn.Linear(8, 2)
+
+        def features(self, x):
+            return self.target(torch.relu(self.stem(x)))
+
+        def forward(self, x):
+            return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
+
+    model = Small().eval()
+    images = torch.rand(3, 1, 24, 24)
+    activations = model.features(images)
+    logits = model.head(torch.relu(activations).mean(dim=(2, 3)))
+    (gradients,) = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), activations)
+    expected = torch.relu((torch.relu(gradients) * activations).sum(1, keepdim=True))
+    expected = torch.nn.functional.interpolate(expected, size=(24, 24), mode="bilinear")
+    low = expected.amin(dim=(1, 2, 3), keepdim=True)
+    high = expected.amax(dim=(1, 2, 3), keepdim=True)
+    expected = ((expected - low) / (high - low))[:, 0].detach().numpy()
+
+    np.testing.assert_allclose(gradcam_maps(model, images, 24, "layercam"), expected, atol=1e-5)
+    assert np.abs(gradcam_maps(model, images, 24, "gradcam") - expected).max() > 0.1
+    with pytest.raises(ValueError, match="cam_method 'scorecam'"):
+        gradcam_maps(model, images, 24, "scorecam")
 
 
 def test_pointing_game_scores_the_maximum_pixel_against_its_box():

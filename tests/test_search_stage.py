@@ -99,7 +99,9 @@ def test_the_search_runs_under_snakemake_into_the_report(project: Path):
 
     params = tiny_search(yaml.safe_load((project / "params.yaml").read_text()))
     # One listed model beside the search's own keeps the run short; the table needs no more.
-    params["models"] = {"lite0_imagenet": params["models"]["lite0_imagenet"]}
+    params["models"] = {
+        "lite0_imagenet": {**params["models"]["lite0_imagenet"], "recipe": {"input_size": 32}}
+    }
     # The segmentation search runs in the same workflow (its rules, CLI and report section).
     params = tiny_seg_search(params, budget=3)
     params["search_seg"]["scales"] = [1.0]

@@ -36,24 +36,34 @@ def config(detection_run, **recipe):
     return params
 
 
-def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, tmp_path):
-    params = config(detection_run)
-    history = []
+@pytest.fixture(scope="module")
+def pretrained_lite0(detection_run, tmp_path_factory) -> dict:
+    """The demo's pre-trained Lite0 recipe (patches seen at 128 px) trained once on the
+    synthetic patches, for the tests of what it learns and where its maps point."""
+    params = config(detection_run, input_size=128)
+    out = tmp_path_factory.mktemp("pretrained_lite0")
+    history: list[dict] = []
     summary = run_train(
         "under_test",
         detection_run["root"] / "patches",
-        tmp_path,
-        tmp_path / "state",
+        out,
+        out / "state",
         params,
         lambda m, e: history.append(m),
     )
+    return {"out": out, "summary": summary, "history": history, "params": params}
+
+
+def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, pretrained_lite0):
+    out, params = pretrained_lite0["out"], pretrained_lite0["params"]
+    summary, history = pretrained_lite0["summary"], pretrained_lite0["history"]
     # Chance is 0.5; the model is chosen on validation, so judge it on the untouched test split
     # (here, by the test; training itself reports validation numbers only).
     assert summary["best_val_auc"] > 0.8
     assert not any("test" in key for key in summary)
     assert len(history) == params["train"]["epochs"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    predictions = pd.read_parquet(tmp_path / "predictions.parquet")
+    predictions = pd.read_parquet(out / "predictions.parquet")
     test = predictions[predictions["split"] == "test"].merge(
         pd.read_parquet(detection_run["root"] / "patches" / "index.parquet")[
             ["patch_id", "best_iou"]
@@ -74,33 +84,31 @@ def test_pretrained_lite0_learns_the_synthetic_fracture_task(detection_run, tmp_
     assert summary["parameters"] > 3e6 and summary["macs"] > 0
 
 
-def test_gradcam_points_at_the_fracture_of_a_model_that_learned_it(detection_run, tmp_path):
-    """Issue 9 item 16's pointing game, end to end on trained weights: the Grad-CAM maximum
-    falls inside the lesion box for most validation and test true positives, far above
-    chance (the box covers about a sixth of a patch). A ResNet-18 trained from scratch is
-    used because it does localise: occlusion and Grad-CAM agree on it. The pre-trained
-    Lite0's Grad-CAM is near chance on this data (docs/stages.md), which the report states
-    per model with this same measurement."""
+def test_the_maps_of_a_pretrained_model_point_at_the_fracture(detection_run, pretrained_lite0):
+    """Issue 9 item 16's pointing game, end to end on trained weights: for the pre-trained
+    Lite0, the maximum of its LayerCAM map (the default evaluate.cam_method) falls inside
+    the lesion box for most validation and test true positives, far above chance (the box
+    covers about a sixth of a patch). Measured 18 of 22; Grad-CAM's was 7 of 22."""
     from medtailor.evaluate.report import gradcam_pointing_game
     from medtailor.patches.store import PatchStore
     from medtailor.tables import read_boxes
     from medtailor.train.architecture import load_classifier
 
-    params = config(detection_run)
-    params["models"]["under_test"].update({"model": "resnet18", "init": "scratch"})
-    run_train("under_test", detection_run["root"] / "patches", tmp_path, tmp_path / "s", params)
-    model, checkpoint = load_classifier(tmp_path / "best.pt")
+    out, params = pretrained_lite0["out"], pretrained_lite0["params"]
+    model, checkpoint = load_classifier(out / "best.pt")
+    assert checkpoint["config"]["input_size"] == 128
     game = gradcam_pointing_game(
         model,
         checkpoint["config"],
-        pd.read_parquet(tmp_path / "predictions.parquet"),
+        pd.read_parquet(out / "predictions.parquet"),
         PatchStore(detection_run["root"] / "patches"),
         read_boxes(detection_run["root"] / "resample" / "boxes.parquet"),
         params,
         0.5,
     )
+    assert game["method"] == params["evaluate"]["cam_method"] == "layercam"
     assert game["true_positives"] >= 10, game
-    assert game["hits"] > 0.75 * game["true_positives"] and game["chance"] < 0.25, game
+    assert game["hits"] > 2 / 3 * game["true_positives"] and game["chance"] < 0.25, game
 
 
 def test_two_runs_with_one_seed_are_identical(detection_run, tmp_path):

@@ -32,9 +32,17 @@ class TimmFeaturePyramid(nn.Module):
     intensities, so a pre-trained backbone sees what it was trained on.
     """
 
-    def __init__(self, name: str, init: str, returned_layers: list[int], out_channels: int):
+    def __init__(
+        self,
+        name: str,
+        init: str,
+        returned_layers: list[int],
+        out_channels: int,
+        frozen_batch_norm: bool = False,
+    ):
         super().__init__()
         import timm
+        from timm.utils.model import freeze_batch_norm_2d
 
         from medtailor.train.weights import create_pretrained
 
@@ -43,6 +51,10 @@ class TimmFeaturePyramid(nn.Module):
             self.body = timm.create_model(name, pretrained=False, **options)
         else:
             self.body = create_pretrained(name, init, **options)
+        if frozen_batch_norm:
+            # Detection batches are a few crops: their statistics would overwrite the
+            # pre-trained ones with noise (torchvision and detectron2 freeze them likewise).
+            self.body = freeze_batch_norm_2d(self.body)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(float(sum(cfg["mean"]) / len(cfg["mean"]))))
         self.register_buffer("std", torch.tensor(float(sum(cfg["std"]) / len(cfg["std"]))))
@@ -74,7 +86,13 @@ def feature_extractor(
                 f"backbone: {MONAI_RESNET} (no 3D ImageNet weights exist)"
             )
         init = str(cfg.get("backbone_init", "imagenet")) if pretrained else "scratch"
-        return TimmFeaturePyramid(name, init, returned_layers, int(cfg["fpn_channels"]))
+        return TimmFeaturePyramid(
+            name,
+            init,
+            returned_layers,
+            int(cfg["fpn_channels"]),
+            bool(cfg.get("frozen_batch_norm", False)),
+        )
     width = int(cfg["width"])
     backbone = resnet.ResNet(
         block=resnet.ResNetBlock,

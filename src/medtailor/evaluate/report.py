@@ -24,9 +24,10 @@ def gradcam_for_model(
     threshold: float,
     out_dir: Path,
 ) -> Path:
-    """Grad-CAM figure of ``model`` (rebuilt from its checkpoint; ``entry`` is the
-    configuration the checkpoint carries) on validation patches of each outcome."""
-    from medtailor.evaluate.gradcam import gradcam_figure, pick_cases, stack_patches
+    """Activation-map figure (``evaluate.cam_method``) of ``model`` (rebuilt from its
+    checkpoint; ``entry`` is the configuration the checkpoint carries) on validation
+    patches of each outcome."""
+    from medtailor.evaluate.gradcam import CAM_NAMES, gradcam_figure, pick_cases, stack_patches
 
     val = frame[frame["split"] == "val"].merge(store.index[["patch_id", "row"]], on="patch_id")
     cases = pick_cases(
@@ -37,8 +38,15 @@ def gradcam_for_model(
     )
     path = out_dir / "figures" / f"gradcam_{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
+    method = str(params["evaluate"]["cam_method"])
     return gradcam_figure(
-        model, images, cases, threshold, path, f"Grad-CAM, {name} (validation patches)"
+        model,
+        images,
+        cases,
+        threshold,
+        path,
+        f"{CAM_NAMES[method]}, {name} (validation patches)",
+        method,
     )
 
 
@@ -51,13 +59,14 @@ def gradcam_pointing_game(
     params: dict,
     threshold: float,
 ) -> dict[str, Any]:
-    """The pointing game on the validation and test true positives: how often the Grad-CAM
-    maximum falls inside the lesion box the patch was labelled by, against chance (the
+    """The pointing game on the validation and test true positives: how often the maximum of
+    the activation map (``evaluate.cam_method``) falls inside the lesion box the patch was labelled by, against chance (the
     mean share of the patch that box covers)."""
     from medtailor.evaluate.gradcam import box_share, gradcam_maps, pointing_game, stack_patches
     from medtailor.patches.crops import box_in_patch, context_region
 
     size, cfg = int(entry["input_size"]), params["patches"]
+    method = str(params["evaluate"]["cam_method"])
     located = store.index[["patch_id", "row", "x0", "y0", "x1", "y1", "gt_id"]]
     gt = truths.set_index("box_id")[["x0", "y0", "x1", "y1"]]
     hits, shares = [], []
@@ -78,11 +87,12 @@ def gradcam_pointing_game(
                 box_in_patch(gt.loc[case["gt_id"]].to_numpy(float), low, high, (size, size))
             )
         images = stack_patches(store.array("radiograph", split), cases["row"].to_numpy(), size)
-        hits.append(pointing_game(gradcam_maps(model, images, size), np.array(boxes)))
+        hits.append(pointing_game(gradcam_maps(model, images, size, method), np.array(boxes)))
         shares.append(box_share(np.array(boxes), size))
     if not hits:
-        return {"true_positives": 0, "hits": 0, "chance": None}
+        return {"method": method, "true_positives": 0, "hits": 0, "chance": None}
     return {
+        "method": method,
         "true_positives": int(sum(len(h) for h in hits)),
         "hits": int(sum(h.sum() for h in hits)),
         "chance": float(np.concatenate(shares).mean()),
@@ -90,10 +100,16 @@ def gradcam_pointing_game(
 
 
 def _pointing_game_lines(models: dict[str, Any]) -> list[str]:
-    """Whether each model's Grad-CAM maps point at the lesions, so a reader knows how far
+    """Whether each model's activation maps point at the lesions, so a reader knows how far
     to trust them."""
+    from medtailor.evaluate.gradcam import CAM_NAMES
+
+    methods = sorted(
+        {CAM_NAMES[r["pointing_game"]["method"]] for r in models.values() if r.get("pointing_game")}
+    )
     lines = [
-        "Grad-CAM maps (1 = strongest lesion evidence). Pointing game (unit: true-positive "
+        f"{' and '.join(methods)} maps of the target stage (1 = strongest lesion evidence). "
+        "Pointing game (unit: true-positive "
         "patch, validation and test): the map's maximum inside the lesion box the patch was "
         "labelled by, against chance (the box's mean share of the patch). A model whose maps "
         "do not beat chance clearly does not show where it finds the lesion.",
@@ -588,7 +604,7 @@ def write_report(
     for title, path in figures.items():
         lines.append(f"![{title}]({path})")
     gradcams = [
-        f"![Grad-CAM {name}](figures/{Path(r['gradcam']).name})"
+        f"![activation maps {name}](figures/{Path(r['gradcam']).name})"
         for name, r in summary["models"].items()
         if r.get("gradcam")
     ]
