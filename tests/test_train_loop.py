@@ -88,7 +88,7 @@ def test_the_maps_of_a_pretrained_model_point_at_the_fracture(detection_run, pre
     """Issue 9 item 16's pointing game, end to end on trained weights: for the pre-trained
     Lite0, the maximum of its LayerCAM map (the default evaluate.cam_method) falls inside
     the lesion box for most validation and test true positives, far above chance (the box
-    covers about a sixth of a patch). Measured 18 of 22; Grad-CAM's was 7 of 22."""
+    covers about a sixth of a patch). Measured 21 of 25; Grad-CAM's maps 9 of 25."""
     from medtailor.evaluate.report import gradcam_pointing_game
     from medtailor.patches.store import PatchStore
     from medtailor.tables import read_boxes
