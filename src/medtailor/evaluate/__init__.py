@@ -5,10 +5,11 @@ checkpoint): AUC on val and test with patient-bootstrap CIs; a threshold chosen 
 validation (Youden) and test sensitivity, specificity, precision, F1 and accuracy with
 CIs; the detection-level FROC on the test split with the classifier's probabilities
 replacing the detector's scores (AUFROC with a patient-bootstrap CI, LUNA16 score), next
-to the detector's own FROC; Grad-CAM/LayerCAM figures and pointing game. Across models: patient-clustered DeLong
-and McNemar tests with Holm correction, patient-bootstrap AUC differences, Spearman
-correlations and plots, written to ``report.md``. Every interval and test has the
-patient as its unit: patches of one patient are correlated.
+to the detector's own FROC; activation-map figures (LayerCAM or Grad-CAM) and their
+pointing game. Across models: patient-clustered DeLong and McNemar tests with Holm
+correction, patient-bootstrap AUC differences, Spearman correlations and plots, written
+to ``report.md``. Every interval and test has the patient as its unit: patches of one
+patient are correlated.
 """
 
 from __future__ import annotations

@@ -53,8 +53,11 @@ class LayerCAM(GradCAM):
         return torch.relu((torch.relu(grad) * acti).sum(1, keepdim=True))
 
 
-CAM_METHODS: dict[str, type[GradCAM]] = {"gradcam": GradCAM, "layercam": LayerCAM}
-CAM_NAMES = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}
+# evaluate.cam_method -> (the name a reader knows it by, its MONAI-based class).
+CAM_METHODS: dict[str, tuple[str, type[GradCAM]]] = {
+    "gradcam": ("Grad-CAM", GradCAM),
+    "layercam": ("LayerCAM", LayerCAM),
+}
 
 
 def gradcam_layer(model: nn.Module, input_size: int) -> str:
@@ -90,7 +93,7 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_maps(
-    model: nn.Module, images: torch.Tensor, input_size: int, method: str = "layercam"
+    model: nn.Module, images: torch.Tensor, input_size: int, method: str
 ) -> np.ndarray:
     """(N, H, W) activation maps of the lesion evidence (``method``: gradcam or
     layercam), 1 where it is strongest."""
@@ -98,7 +101,7 @@ def gradcam_maps(
         raise ValueError(f"evaluate.cam_method {method!r}: expected one of {sorted(CAM_METHODS)}")
     model.eval()
     layer = f"classifier.{gradcam_layer(model, input_size)}"
-    cam = CAM_METHODS[method](
+    cam = CAM_METHODS[method][1](
         nn_module=LesionEvidence(model), target_layers=layer, postprocessing=scale_to_unit
     )
     # An input that requires grad lets the backward hooks see module inputs too (else
@@ -151,7 +154,7 @@ def gradcam_figure(
     threshold: float,
     path: Path,
     title: str,
-    method: str = "layercam",
+    method: str,
 ) -> Path:
     """One row per case: the patch and its activation map (class "lesion") overlaid."""
     plt = pyplot()

@@ -27,7 +27,7 @@ def gradcam_for_model(
     """Activation-map figure (``evaluate.cam_method``) of ``model`` (rebuilt from its
     checkpoint; ``entry`` is the configuration the checkpoint carries) on validation
     patches of each outcome."""
-    from medtailor.evaluate.gradcam import CAM_NAMES, gradcam_figure, pick_cases, stack_patches
+    from medtailor.evaluate.gradcam import CAM_METHODS, gradcam_figure, pick_cases, stack_patches
 
     val = frame[frame["split"] == "val"].merge(store.index[["patch_id", "row"]], on="patch_id")
     cases = pick_cases(
@@ -45,7 +45,7 @@ def gradcam_for_model(
         cases,
         threshold,
         path,
-        f"{CAM_NAMES[method]}, {name} (validation patches)",
+        f"{CAM_METHODS[method][0]}, {name} (validation patches)",
         method,
     )
 
@@ -59,9 +59,9 @@ def gradcam_pointing_game(
     params: dict,
     threshold: float,
 ) -> dict[str, Any]:
-    """The pointing game on the validation and test true positives: how often the maximum of
-    the activation map (``evaluate.cam_method``) falls inside the lesion box the patch was labelled by, against chance (the
-    mean share of the patch that box covers)."""
+    """The pointing game on the validation and test true positives: how often the maximum
+    of the activation map (``evaluate.cam_method``) falls inside the lesion box the patch
+    was labelled by, against chance (the mean share of the patch that box covers)."""
     from medtailor.evaluate.gradcam import box_share, gradcam_maps, pointing_game, stack_patches
     from medtailor.patches.crops import box_in_patch, context_region
 
@@ -102,13 +102,12 @@ def gradcam_pointing_game(
 def _pointing_game_lines(models: dict[str, Any]) -> list[str]:
     """Whether each model's activation maps point at the lesions, so a reader knows how far
     to trust them."""
-    from medtailor.evaluate.gradcam import CAM_NAMES
+    from medtailor.evaluate.gradcam import CAM_METHODS
 
-    methods = sorted(
-        {CAM_NAMES[r["pointing_game"]["method"]] for r in models.values() if r.get("pointing_game")}
-    )
+    # One evaluate run uses one evaluate.cam_method; each game records it.
+    method = next(r["pointing_game"]["method"] for r in models.values() if r.get("pointing_game"))
     lines = [
-        f"{' and '.join(methods)} maps of the target stage (1 = strongest lesion evidence). "
+        f"{CAM_METHODS[method][0]} maps of the target stage (1 = strongest lesion evidence). "
         "Pointing game (unit: true-positive "
         "patch, validation and test): the map's maximum inside the lesion box the patch was "
         "labelled by, against chance (the box's mean share of the patch). A model whose maps "
