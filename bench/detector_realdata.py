@@ -65,6 +65,20 @@ CONFIGS = {
         "base_anchor_shapes": "auto",
         "frozen_batch_norm": True,
     },
+    # A wider and deeper pre-trained backbone, also shipped offline (EfficientNet-Lite1).
+    "lite1_imagenet_auto": {
+        "backbone": "efficientnet_lite1",
+        "backbone_init": "imagenet",
+        "base_anchor_shapes": "auto",
+    },
+    # The default with the pre-trained backbone fine-tuned at a tenth of the learning rate
+    # of the new feature pyramid and heads.
+    "lite0_imagenet_auto_backbone_lr": {
+        "backbone": "efficientnet_lite0",
+        "backbone_init": "imagenet",
+        "base_anchor_shapes": "auto",
+        "backbone_learning_rate_factor": 0.1,
+    },
     # The crop planned too (256 px on this data), one crop per image: the pixels per epoch
     # of the default's four 128-px crops, so the same CPU budget.
     "lite0_imagenet_auto_crop": {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtailor.detect.model import build_detector, feature_extractor
+from medtailor.detect.model import build_detector, feature_extractor, parameter_groups
 from medtailor.detect.planning import (
     centred_iou,
     input_divisor,
@@ -220,6 +220,32 @@ def test_frozen_batch_norm_keeps_the_pretrained_statistics_through_training():
         if key in frozen:
             assert torch.equal(value, frozen[key]), key
     build_detector(2, cfg, SELECTION, pretrained=False).load_state_dict(detector.state_dict())
+
+
+@pytest.mark.parametrize(
+    "cfg", [TIMM_CFG, {**TIMM_CFG, "backbone": "resnet"}], ids=["timm", "resnet"]
+)
+def test_the_backbone_learns_at_its_share_of_the_learning_rate(cfg):
+    """backbone_learning_rate_factor: every parameter is in exactly one optimiser group, the
+    backbone's at the factor times the learning rate; after one AdamW step of equal
+    gradients the backbone's weights moved by the factor times the heads' move."""
+    cfg = {**cfg, "backbone_depth": 10, "width": 8, "backbone_init": "scratch"}
+    detector = build_detector(2, cfg, SELECTION)
+    body = detector.network.feature_extractor.body
+    groups = parameter_groups(detector, 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in detector.parameters())
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in body.parameters()}
+    head = detector.network.classification_head.cls_logits.weight
+    stem = next(body.parameters())
+    before = head.detach().clone(), stem.detach().clone()
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    for parameter in detector.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()  # Adam's first step moves each weight by its group's lr
+    torch.testing.assert_close(before[0] - head.detach(), torch.full_like(head, 1e-3))
+    torch.testing.assert_close(before[1] - stem.detach(), torch.full_like(stem, 1e-4))
 
 
 @pytest.mark.parametrize("loss", ["smooth_l1", "giou"])

@@ -173,6 +173,24 @@ def build_detector(
     return detector
 
 
+def parameter_groups(
+    detector: RetinaNetDetector, learning_rate: float, backbone_factor: float = 1.0
+) -> list[dict[str, Any]]:
+    """Optimiser groups: the backbone at ``learning_rate * backbone_factor``, the feature
+    pyramid and heads (always trained from scratch) at ``learning_rate``.
+
+    A factor below 1 fine-tunes pre-trained features gently while the new layers learn
+    at full speed (the practice of DETR and detectron2-style fine-tuning)."""
+    extractor = detector.network.feature_extractor
+    backbone = list(extractor.body.parameters())
+    ids = {id(p) for p in backbone}
+    rest = [p for p in detector.parameters() if id(p) not in ids]
+    return [
+        {"params": backbone, "lr": learning_rate * backbone_factor},
+        {"params": rest, "lr": learning_rate},
+    ]
+
+
 def set_box_regression_loss(detector: RetinaNetDetector, name: str) -> None:
     """``smooth_l1`` on encoded offsets (MONAI's default) or ``giou`` on decoded boxes.
 

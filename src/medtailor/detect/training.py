@@ -18,7 +18,12 @@ from tqdm import tqdm
 from medtailor.detect.augment import Augmentation, training_crop
 from medtailor.detect.data import KINDS, DetectionImage, load_detection_images
 from medtailor.detect.inference import lesion_recall, predict_boxes
-from medtailor.detect.model import build_detector, device, validation_selection
+from medtailor.detect.model import (
+    build_detector,
+    device,
+    parameter_groups,
+    validation_selection,
+)
 from medtailor.detect.planning import resolve_detector_config
 from medtailor.imageio import save_torch
 from medtailor.split import hash_position, manifest_with_split
@@ -121,9 +126,12 @@ def train_kind(
     run_device = device()
     selection = validation_selection(float(params["patches"]["min_score"]))
     detector = build_detector(KINDS[kind], cfg, selection).to(run_device)
-    optimizer = torch.optim.AdamW(
-        detector.parameters(), lr=float(cfg["learning_rate"]), weight_decay=1e-4
+    groups = parameter_groups(
+        detector,
+        float(cfg["learning_rate"]),
+        float(cfg.get("backbone_learning_rate_factor", 1.0)),
     )
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
     epochs = int(cfg["epochs"])
     crops = len(train) * int(cfg["crops_per_image"])
     steps = epochs * -(-crops // int(cfg["batch_size"]))
