@@ -30,6 +30,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "realdata" / "fracture_train"
 
+# The default (issue 14's pre-trained detector); the variants below change one thing.
+LITE0_AUTO = {
+    "backbone": "efficientnet_lite0",
+    "backbone_init": "imagenet",
+    "base_anchor_shapes": "auto",
+}
+
 CONFIGS = {
     # What the product shipped before issue 14: ResNet-10 from scratch, fixed anchors,
     # flips only, no early stopping.
@@ -46,45 +53,29 @@ CONFIGS = {
         "backbone_init": "scratch",
         "base_anchor_shapes": "auto",
     },
-    "lite0_imagenet_auto": {
-        "backbone": "efficientnet_lite0",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
-    },
+    "lite0_imagenet_auto": LITE0_AUTO,
     # The default with a GIoU box loss: it optimises the overlap the IoU > 0.5 rule scores.
     "lite0_imagenet_auto_giou": {
-        "backbone": "efficientnet_lite0",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
+        **LITE0_AUTO,
         "box_regression_loss": "giou",
     },
     # The default with the backbone's batch norm frozen: a batch holds 8 crops.
     "lite0_imagenet_auto_frozen_bn": {
-        "backbone": "efficientnet_lite0",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
+        **LITE0_AUTO,
         "frozen_batch_norm": True,
     },
     # A wider and deeper pre-trained backbone, also shipped offline (EfficientNet-Lite1).
-    "lite1_imagenet_auto": {
-        "backbone": "efficientnet_lite1",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
-    },
+    "lite1_imagenet_auto": {**LITE0_AUTO, "backbone": "efficientnet_lite1"},
     # The default with the pre-trained backbone fine-tuned at a tenth of the learning rate
     # of the new feature pyramid and heads.
     "lite0_imagenet_auto_backbone_lr": {
-        "backbone": "efficientnet_lite0",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
+        **LITE0_AUTO,
         "backbone_learning_rate_factor": 0.1,
     },
     # The crop planned too (256 px on this data), one crop per image: the pixels per epoch
     # of the default's four 128-px crops, so the same CPU budget.
     "lite0_imagenet_auto_crop": {
-        "backbone": "efficientnet_lite0",
-        "backbone_init": "imagenet",
-        "base_anchor_shapes": "auto",
+        **LITE0_AUTO,
         "patch_size": "auto",
         "crops_per_image": 1,
     },

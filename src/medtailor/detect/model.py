@@ -174,15 +174,14 @@ def build_detector(
 
 
 def parameter_groups(
-    detector: RetinaNetDetector, learning_rate: float, backbone_factor: float = 1.0
+    detector: RetinaNetDetector, learning_rate: float, backbone_factor: float
 ) -> list[dict[str, Any]]:
     """Optimiser groups: the backbone at ``learning_rate * backbone_factor``, the feature
     pyramid and heads (always trained from scratch) at ``learning_rate``.
 
     A factor below 1 fine-tunes pre-trained features gently while the new layers learn
     at full speed (the practice of DETR and detectron2-style fine-tuning)."""
-    extractor = detector.network.feature_extractor
-    backbone = list(extractor.body.parameters())
+    backbone = list(detector.network.feature_extractor.body.parameters())
     ids = {id(p) for p in backbone}
     rest = [p for p in detector.parameters() if id(p) not in ids]
     return [

@@ -18,12 +18,7 @@ from tqdm import tqdm
 from medtailor.detect.augment import Augmentation, training_crop
 from medtailor.detect.data import KINDS, DetectionImage, load_detection_images
 from medtailor.detect.inference import lesion_recall, predict_boxes
-from medtailor.detect.model import (
-    build_detector,
-    device,
-    parameter_groups,
-    validation_selection,
-)
+from medtailor.detect.model import build_detector, device, parameter_groups, validation_selection
 from medtailor.detect.planning import resolve_detector_config
 from medtailor.imageio import save_torch
 from medtailor.split import hash_position, manifest_with_split
