@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -239,19 +243,106 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture()
-def project(tmp_path: Path, repo_params: dict) -> Path:
+def make_project(folder: Path, repo_params: dict) -> Path:
+    """A copy of the repository's project with the small dataset's params."""
     # The repository's root is a project (links into medtailor/workflow/project) whose
     # dvc.yaml depends on the sources: copy those too.
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ["Snakefile", "dvc.yaml", "profiles", "slurm", "src"]:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(source, tmp_path / name)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
-    write_dvc_yaml(tmp_path / "dvc.yaml", tmp_path)  # the stages of these params
-    return tmp_path
+            shutil.copy(source, folder / name)
+    (folder / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
+    write_dvc_yaml(folder / "dvc.yaml", folder)  # the stages of these params
+    return folder
+
+
+@pytest.fixture()
+def project(tmp_path: Path, repo_params: dict) -> Path:
+    return make_project(tmp_path, repo_params)
+
+
+@pytest.fixture(scope="session")
+def patches_done(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose Snakemake run went as far as ``data/patches`` (shared: copy it)."""
+    folder = make_project(tmp_path_factory.mktemp("patches_done"), repo_params)
+    run([str(BIN / "snakemake"), "--cores", "2", "data/patches"], folder)
+    return folder
+
+
+@pytest.fixture()
+def project_with_patches(patches_done: Path, tmp_path: Path) -> Path:
+    """A copy of ``patches_done`` for a test to go on from: the copy keeps the files' times
+    and Snakemake's records (relative paths), so Snakemake finds the patches up to date.
+    Its MLflow store starts empty, as the copied one names the original's artefact folder."""
+    folder = tmp_path / "project"
+    shutil.copytree(
+        patches_done,
+        folder,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"),
+    )
+    return folder
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """The small dataset's whole pipeline, run once by ``snakemake --cores 2`` in a project
+    made by ``medtailor init`` (a git repository with DVC). ``folder`` is that project
+    (the rerun test goes on from it); the rest is what the run left, read before any test
+    changed it (the Slurm test compares its own run with it)."""
+
+    folder: Path
+    commit: str
+    metrics: dict[str, dict]
+    split_csv: bytes
+    candidates: pd.DataFrame
+
+
+TIMING = re.compile(r"seconds|per_second|_per_s")
+
+
+def stable_metrics(root: Path) -> dict[str, dict]:
+    """Every metrics file, without the timings that differ from run to run."""
+    found = {}
+    for path in sorted((root / "metrics").rglob("*.json")):
+        values = json.loads(path.read_text())
+        found[str(path.relative_to(root))] = {
+            k: v for k, v in values.items() if not TIMING.search(k)
+        }
+    return found
+
+
+GIT_ENV = {
+    **ENV,
+    **{
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "t"), ("EMAIL", "t@t"))
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(repo_params: dict, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    folder = tmp_path_factory.mktemp("own") / "my project"
+    run([str(BIN / "medtailor"), "init", str(folder)], folder.parent)
+    (folder / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
+    run([str(BIN / "python"), "-m", "medtailor.workflow.dvc_stages", str(folder)], folder.parent)
+    subprocess.run(["git", "commit", "-qam", "small dataset"], cwd=folder, env=GIT_ENV, check=True)
+    run([str(BIN / "snakemake"), "--cores", "2"], folder)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return PipelineRun(
+        folder=folder,
+        commit=commit,
+        metrics=stable_metrics(folder),
+        split_csv=(folder / "data" / "split" / "split.csv").read_bytes(),
+        candidates=pd.read_parquet(folder / "data" / "detect" / "candidates.parquet"),
+    )
 
 
 def set_param(project: Path, section: str, key: str, value) -> None:

@@ -173,7 +173,7 @@ def test_an_interrupted_job_is_rerun_with_rerun_incomplete(project):
     )
 
 
-def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
+def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project_with_patches):
     """kill -9 a `train` job (and its Snakemake) part-way, rerun with --rerun-incomplete:
     the job resumes from its last finished epoch (its state lives outside the outputs that
     Snakemake deletes) and ends exactly where an uninterrupted run ends."""
@@ -181,12 +181,12 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project):
     import torch
     import yaml
 
+    project = project_with_patches
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["models"] = {"lite0_scratch": params["models"]["lite0_scratch"]}
     params["train"]["epochs"] = 4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     snakemake = str(BIN / "snakemake")
-    run([snakemake, "--cores", "2", "data/patches"], project)
 
     target = "metrics/train/lite0_scratch.json"
     state = project / "data" / "train_state" / "lite0_scratch" / "last.pt"

@@ -91,10 +91,11 @@ def test_a_search_killed_mid_generation_resumes_to_the_same_history_without_retr
 
 
 @pytest.mark.slow
-def test_the_search_runs_under_snakemake_into_the_report(project: Path):
+def test_the_search_runs_under_snakemake_into_the_report(project_with_patches: Path):
     """The unrolled search (ask, candidates, tell per generation), its finalists and the
     reference, evaluated with the study's table and figures; a candidate's record lost and
     rebuilt does not train its network again."""
+    project = project_with_patches
     from medtailor.workflow.dvc_stages import write_dvc_yaml
 
     params = tiny_search(yaml.safe_load((project / "params.yaml").read_text()))

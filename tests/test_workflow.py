@@ -13,7 +13,7 @@ import yaml
 
 from medtailor.config.stage_keys import stage_keys
 
-from .conftest import BIN, ENV, REPO, run, set_param, small
+from .conftest import BIN, REPO, PipelineRun, run, set_param
 
 
 def snakemake_jobs(cwd: Path) -> dict[str, dict]:
@@ -167,6 +167,18 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+def test_a_copied_project_finds_its_finished_stages_up_to_date(project_with_patches: Path):
+    """A project copied with its files' times (``cp -a`` to another disk) keeps Snakemake's
+    records: nothing up to the patches runs again, and a params change still reruns what it
+    touches."""
+    project, snakemake = project_with_patches, str(BIN / "snakemake")
+    assert "Nothing to be done" in run([snakemake, "-n", "data/patches"], project).stdout
+    set_param(project, "patches", "context", 0.25)
+    plan = run([snakemake, "-n", "--nocolor", "data/patches"], project).stdout
+    assert re.findall(r"^rule (\w+):", plan, re.M) == ["patches"]
+
+
+@pytest.mark.slow
 def test_dvc_reruns_only_what_changed_and_round_trips_through_a_remote(
     project: Path, tmp_path_factory
 ):
@@ -241,28 +253,6 @@ def test_peak_threads_reads_overlapping_jobs_from_a_snakemake_log():
     assert peak_threads(log, rule="all") == (1, 1)
 
 
-@pytest.fixture()
-def own_project(tmp_path: Path, repo_params: dict) -> Path:
-    """A project folder made by ``medtailor init`` outside the repository, with the small
-    test dataset's params."""
-    folder = tmp_path / "my project"
-    run([str(BIN / "medtailor"), "init", str(folder)], tmp_path)
-    (folder / "params.yaml").write_text(yaml.safe_dump(small(repo_params), sort_keys=False))
-    run([str(BIN / "python"), "-m", "medtailor.workflow.dvc_stages", str(folder)], tmp_path)
-    subprocess.run(["git", "commit", "-qam", "small dataset"], cwd=folder, env=GIT_ENV, check=True)
-    return folder
-
-
-GIT_ENV = {
-    **ENV,
-    **{
-        f"GIT_{who}_{what}": value
-        for who in ("AUTHOR", "COMMITTER")
-        for what, value in (("NAME", "t"), ("EMAIL", "t@t"))
-    },
-}
-
-
 def test_init_refuses_a_folder_that_is_already_a_project(tmp_path: Path):
     from medtailor.workflow import ProjectExistsError, init_project
 
@@ -274,7 +264,7 @@ def test_init_refuses_a_folder_that_is_already_a_project(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_project_of_your_own_runs_and_reruns_only_what_a_params_change_touches(
-    own_project: Path,
+    pipeline_run: PipelineRun,
 ):
     """``medtailor init`` outside the checkout: Snakemake runs the installed workflow, DVC
     works (the folder is a git repository), MLflow runs carry the product version and the
@@ -283,12 +273,11 @@ def test_a_project_of_your_own_runs_and_reruns_only_what_a_params_change_touches
 
     from medtailor import __version__
 
-    project = own_project
+    project = pipeline_run.folder  # this test is its last user: it changes params.yaml
     snakemake, dvc = str(BIN / "snakemake"), str(BIN / "dvc")
-    plan = run([snakemake, "-n", "--cores", "2", "--nocolor"], project).stdout
+    plan = run([snakemake, "-n", "--forceall", "--cores", "2", "--nocolor"], project).stdout
     train_blocks = re.findall(r"^rule train:\n(.*?)(?=^\S)", plan, re.M | re.S)
     assert train_blocks and all(re.search(r"^\s+threads: 2$", b, re.M) for b in train_blocks)
-    run([snakemake, "--cores", "2"], project)
     # Three train jobs of 2 threads each, but never two at once on 2 cores.
     # The run's log (the dry run and the onsuccess handler's --summary write their own).
     (log,) = [
@@ -310,9 +299,7 @@ def test_a_project_of_your_own_runs_and_reruns_only_what_a_params_change_touches
     assert "detect" in changed and "train_detector" not in changed
     set_param(project, "detector", "max_candidates_per_image", 100)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    commit = pipeline_run.commit
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) >= 10  # the pipeline's parent run and one per job
