@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo's params, a small synthetic dataset, its ingest and resample."""
+"""Shared fixtures: the repo's params, a small synthetic dataset, its ingest and resample, and
+the pipeline runs that several end-to-end tests go on from (run once, copied or read)."""
 
 from __future__ import annotations
 
