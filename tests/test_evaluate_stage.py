@@ -70,7 +70,15 @@ def test_report_tables_figures_and_metrics(evaluation_run):
         assert low <= row["difference"] <= high and 0 <= row["p_value"] <= row["p_holm"] <= 1
     assert "Paired comparisons." in report and "figures/segmentation_dice_curves.png" in report
     assert "dynunet_tiny_test_dice_bone" in evaluation_run["flat"]
-    assert "clustered DeLong test (Obuchowski 1997" in report and "Durkalski" in report
+    assert "clustered DeLong test of AUC(a) = AUC(b) (Obuchowski 1997" in report
+    # Decisions compared at one matched operating point, sensitivity and specificity apart.
+    point = comparison["operating_point"]
+    assert point["match"] == "specificity" and point["value"] == 0.8
+    for rate in ("sensitivity", "specificity"):
+        low, high = point[f"{rate}_difference_ci"]
+        assert low <= point[f"{rate}_difference"] <= high and 0 <= point[f"{rate}_p"] <= 1
+        assert point[f"{rate}_difference"] == pytest.approx(point[f"{rate}_a"] - point[f"{rate}_b"])
+    assert "set on validation to specificity 0.8" in report
     assert "counts as a false positive" in report  # the FROC convention in force
     assert comparison["unit"] == "patient" and comparison["patients"] < comparison["patches"]
     assert f"**Few patients ({comparison['patients']}):**" in report

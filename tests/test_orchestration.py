@@ -200,9 +200,10 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project_wit
     assert f"resumed at epoch {finished + 1} (of 4)" in log
 
     resumed = json.loads((project / target).read_text())
-    resumed_predictions = pd.read_parquet(
-        project / "data" / "models" / "lite0_scratch" / "predictions.parquet"
-    )
+    model_dir = project / "data" / "models" / "lite0_scratch"
+    resumed_predictions = pd.read_parquet(model_dir / "predictions.parquet")
+    resumed_history = pd.read_csv(model_dir / "history.csv")
+    resumed_weights = torch.load(model_dir / "best.pt", weights_only=True)["model"]
     # The same job uninterrupted, under the same Snakemake (same threads), from no state.
     shutil.rmtree(project / "data" / "train_state")
     run([snakemake, "--cores", "1", "--forcerun", "train", target], project)
@@ -211,6 +212,13 @@ def test_a_train_job_killed_under_snakemake_resumes_where_it_stopped(project_wit
     for key in ("best_epoch", "best_val_auc", "final_val_auc", "final_train_loss"):
         assert resumed[key] == straight[key], key
     pd.testing.assert_frame_equal(
-        resumed_predictions,
-        pd.read_parquet(project / "data" / "models" / "lite0_scratch" / "predictions.parquet"),
+        resumed_predictions, pd.read_parquet(model_dir / "predictions.parquet")
     )
+    # Every epoch's losses and AUCs (not the timing), and the final weights, exactly.
+    pd.testing.assert_frame_equal(
+        resumed_history.drop(columns="images_per_second"),
+        pd.read_csv(model_dir / "history.csv").drop(columns="images_per_second"),
+    )
+    straight_weights = torch.load(model_dir / "best.pt", weights_only=True)["model"]
+    for name, tensor in straight_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name

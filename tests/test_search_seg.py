@@ -211,3 +211,47 @@ def test_the_fine_search_picks_operations_with_the_supernet_and_the_final_networ
     assert half["parameters"] < full["parameters"] / 2  # half the filters: about a quarter
     assert (models / "c2fnas_searched" / "dice.parquet").is_file()
     assert any((models / "c2fnas_searched" / "predictions_native").iterdir())
+
+
+@pytest.mark.slow
+def test_a_topology_trains_again_when_its_recipe_seed_or_volumes_change(
+    seg_data, tmp_path, monkeypatch
+):
+    """The coarse search's trained-once cache follows its fingerprint: an unchanged rerun
+    trains nothing; another recipe, seed or split of the volumes trains again."""
+    from medtailor.generations import generation_dir
+    from medtailor.search_seg import run_coarse_ask, run_coarse_candidate
+    from medtailor.train_seg import loop
+
+    calls: list[str] = []
+
+    def fake(name, *args, **kwargs):
+        calls.append(name)
+        return {"best_val_dice_mean": 0.5, "parameters": 10, "macs": 100}
+
+    monkeypatch.setattr(loop, "train_segmentation", fake)
+    resample_dir, split_csv, _, base = seg_data
+    params = tiny_seg_search(base)
+    search_dir, state = tmp_path / "search", tmp_path / "state"
+    run_coarse_ask(search_dir, 0, params)
+
+    def trained(params, split=split_csv) -> int:
+        (generation_dir(search_dir, 0) / "candidate_0.json").unlink(missing_ok=True)
+        return run_coarse_candidate(search_dir, 0, 0, resample_dir, split, state, params)["trained"]
+
+    assert trained(params) == 1 and trained(params) == 0
+    epochs = copy.deepcopy(params)
+    epochs["search_seg"]["recipe"]["epochs"] = 3
+    seed = {**copy.deepcopy(params), "seed": params["seed"] + 1}
+    for changed in (epochs, seed):
+        assert trained(changed) == 1 and trained(changed) == 0
+    from medtailor.train_seg.data import segmentation_rows
+
+    volumes = segmentation_rows(resample_dir, split_csv)
+    patient = volumes.loc[volumes["split"] == "val", "patient_id"].iloc[0]
+    moved = pd.read_csv(split_csv)
+    moved.loc[moved["patient_id"] == patient, "split"] = "train"  # a labelled volume moves
+    moved.to_csv(tmp_path / "split.csv", index=False)
+    assert trained(params, tmp_path / "split.csv") == 1
+    assert trained(params, tmp_path / "split.csv") == 0
+    assert len(calls) == 4

@@ -45,6 +45,9 @@ def test_a_search_killed_mid_generation_resumes_to_the_same_history_without_retr
     from medtailor.train import loop
 
     params = tiny_search(detection_run["params"])
+    # Two epochs, so the kill below lands in the middle of a candidate's training and its
+    # resume has an epoch left to repeat exactly.
+    params["search"]["recipe"]["epochs"] = 2
     root = detection_run["root"]
     inputs = (root / "patches", root / "resample", detection_run["split_csv"])
 
@@ -88,6 +91,23 @@ def test_a_search_killed_mid_generation_resumes_to_the_same_history_without_retr
     resumed = final_history(search_dir, params)
     assert comparable(resumed) == comparable(straight)
     assert again == [trained[-1]]  # only the killed candidate, no finished one
+    # The killed candidate resumed at its second epoch and ended where the uninterrupted
+    # search's training of it ended: the same history and the same weights.
+    import pandas as pd
+    import torch
+
+    killed = trained[-1]
+    straight_model = tmp_path / "a" / "state" / killed / "model"
+    resumed_model = state / killed / "model"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(resumed_model / "history.csv").drop(columns="images_per_second"),
+        pd.read_csv(straight_model / "history.csv").drop(columns="images_per_second"),
+    )
+    weights = torch.load(resumed_model / "best.pt", weights_only=True)["model"]
+    reference = torch.load(straight_model / "best.pt", weights_only=True)["model"]
+    assert weights.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(weights[name], tensor), name
 
 
 @pytest.mark.slow
@@ -171,3 +191,71 @@ def test_a_search_of_300_generations_plans_without_a_recursion_error(tmp_path, r
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([str(BIN / "snakemake"), "-n"], tmp_path).stdout
     assert re.search(r"^search_candidate\s+3000$", out, re.M), out[-2000:]
+
+
+def fake_classifier_training(calls: list[str]):
+    """A stand-in for the train loop that records each call and writes predictions (random
+    probabilities for every val and test patch), so the cache around it runs for real."""
+    import numpy as np
+    import pandas as pd
+
+    from medtailor.patches.store import PatchStore
+
+    def train_model(name, entry, store_dir, out_dir, state_dir, seed, sink=None):
+        calls.append(name)
+        index = PatchStore(store_dir).index
+        chosen = index[index["split"].isin(["val", "test"])]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(
+            {
+                "patch_id": chosen["patch_id"],
+                "split": chosen["split"],
+                "prob": np.random.default_rng(seed).random(len(chosen)),
+            }
+        ).to_parquet(out_dir / "predictions.parquet")
+        return {"best_val_auc": 0.5, "images_per_second": 1.0}
+
+    return train_model
+
+
+@pytest.mark.slow
+def test_a_candidate_trains_again_when_anything_its_score_depends_on_changes(
+    detection_run, tmp_path, monkeypatch
+):
+    """The trained-once cache is keyed by a fingerprint of the training configuration, the
+    seed, the patch store, the split, the truth boxes and the FROC settings: an unchanged
+    rerun trains nothing, a change to any of them trains the candidate again (a 2-epoch
+    score is never returned for a 3-epoch recipe)."""
+    from medtailor.generations import generation_dir
+    from medtailor.search import CandidateScorer, run_ask, run_candidate
+    from medtailor.train import loop
+
+    calls: list[str] = []
+    monkeypatch.setattr(loop, "train_model", fake_classifier_training(calls))
+    root, base = detection_run["root"], tiny_search(detection_run["params"])
+    search_dir, state = tmp_path / "search", tmp_path / "state"
+    run_ask(search_dir, 0, base)
+
+    def trained(params, store=root / "patches", split=detection_run["split_csv"]) -> int:
+        (generation_dir(search_dir, 0) / "candidate_0.json").unlink(missing_ok=True)
+        scorer = CandidateScorer(store, root / "resample", split, params)
+        return run_candidate(search_dir, 0, 0, scorer, state, params)["trained"]
+
+    assert trained(base) == 1 and trained(base) == 0 and len(calls) == 1
+    epochs = copy.deepcopy(base)
+    epochs["search"]["recipe"]["epochs"] = 2
+    seed = {**copy.deepcopy(base), "seed": base["seed"] + 1}
+    froc = copy.deepcopy(base)
+    froc["evaluate"]["froc"]["hit_iou"] = 0.4
+    for changed in (epochs, seed, froc):
+        assert trained(changed) == 1 and trained(changed) == 0
+    # Other patches (the store's content hash) and another split file.
+    store = tmp_path / "patches"
+    shutil.copytree(root / "patches", store)
+    (store / "fingerprint.json").write_text(json.dumps({"sha256": "0" * 64}))
+    assert trained(base, store=store) == 1 and trained(base, store=store) == 0
+    split = tmp_path / "split.csv"
+    lines = detection_run["split_csv"].read_text().splitlines()
+    split.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert trained(base, split=split) == 1 and trained(base, split=split) == 0
+    assert len(calls) == 6

@@ -226,3 +226,46 @@ def test_data_loader_workers_stay_within_the_jobs_threads():
     assert loader_workers(4, 2) == 1  # 2 threads: the main process and one worker
     assert loader_workers(4, 1) == 0
     assert loader_workers(0, 8) == 0 and loader_workers(3, 8) == 3
+
+
+def test_a_job_killed_by_sigterm_ends_its_mlflow_run_killed(store, tmp_path, repo_params):
+    """Slurm sends SIGTERM at a job's time limit: the stage's MLflow run must end KILLED
+    (not stay RUNNING forever), and the command exit with 143 like a terminated process."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    params = json.loads(json.dumps(repo_params))
+    params["train"].update({k: v for k, v in TINY_ENTRY.items() if k in params["train"]})
+    params["train"]["epochs"] = 200  # far longer than the test waits
+    params["models"] = {
+        "long": {k: TINY_ENTRY[k] for k in ("model", "init", "head", "unfreeze", "truncate")}
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [str(BIN / "medtailor"), "train", "--params", "params.yaml", "--model", "long"]
+    command += ["--input", str(store), "--output", "out", "--state", "state"]
+    command += ["--metrics", "metrics.json", "--threads", "1"]
+    job = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**ENV, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = tmp_path / "state" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not state.is_file() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # at least one epoch done: the run is open and training
+    assert job.poll() is None, job.communicate()[1][-3000:]
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    assert "terminated by signal" in stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("medtailor").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert runs[0].info.end_time is not None
+    assert runs[0].data.tags["git_dirty"] in {"true", "false", "unknown"}

@@ -189,6 +189,18 @@ def test_dvc_reruns_only_what_changed_and_round_trips_through_a_remote(
     run([dvc, "remote", "add", "-d", "-f", "storage", str(remote)], project)
     first = run([dvc, "repro"], project).stdout
     assert all(f"Running stage '{s}'" in first for s in ("synth", "ingest", "resample", "evaluate"))
+    # `dvc repro` has a parent run as a Snakemake invocation has: its stages share it, and
+    # it ends FINISHED with the last of them.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medtailor").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("medtailor.driver") == "dvc repro"]
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline"
+    stages = [r for r in runs if r.data.tags.get("medtailor.stage") not in (None, "pipeline")]
+    assert len(stages) >= 8
+    assert {r.data.tags.get("mlflow.parentRunId") for r in stages} == {parent.info.run_id}
+    assert all(r.data.tags["git_dirty"] in {"true", "false"} for r in stages)
     assert "Data and pipelines are up to date" in run([dvc, "status"], project).stdout
 
     set_param(project, "resample", "order", 1)

@@ -20,7 +20,7 @@ from typing import Any
 
 from medtailor import __version__
 from medtailor.config import ParamsError, load_params
-from medtailor.tracking import log_step_metrics
+from medtailor.tracking import Terminated, log_step_metrics
 
 log = logging.getLogger("medtailor")
 DATA = Path("data")
@@ -181,14 +181,16 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_search_ask(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import generation_dir, run_ask
+    from medtailor.generations import generation_dir
+    from medtailor.search import run_ask
 
     summary = run_ask(args.output, args.generation, params)
     return summary, [generation_dir(args.output, args.generation) / "asked.json"]
 
 
 def run_search_candidate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import CandidateScorer, generation_dir, run_candidate
+    from medtailor.generations import generation_dir
+    from medtailor.search import CandidateScorer, run_candidate
 
     scorer = CandidateScorer(args.input, args.resample, args.split, params)
     summary = run_candidate(args.output, args.generation, args.index, scorer, args.state, params)
@@ -196,7 +198,8 @@ def run_search_candidate(args: argparse.Namespace, params: dict[str, Any]) -> Re
 
 
 def run_search_tell(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import generation_dir, run_tell
+    from medtailor.generations import generation_dir
+    from medtailor.search import run_tell
 
     summary = run_tell(args.output, args.generation, params)
     return summary, [generation_dir(args.output, args.generation) / "history.json"]
@@ -276,7 +279,7 @@ def run_train_seg(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_search_seg_ask(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import generation_dir
+    from medtailor.generations import generation_dir
     from medtailor.search_seg import run_coarse_ask
 
     summary = run_coarse_ask(args.output, args.generation, params)
@@ -284,7 +287,7 @@ def run_search_seg_ask(args: argparse.Namespace, params: dict[str, Any]) -> Resu
 
 
 def run_search_seg_candidate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import generation_dir
+    from medtailor.generations import generation_dir
     from medtailor.search_seg import run_coarse_candidate
 
     summary = run_coarse_candidate(
@@ -294,7 +297,7 @@ def run_search_seg_candidate(args: argparse.Namespace, params: dict[str, Any]) -
 
 
 def run_search_seg_tell(args: argparse.Namespace, params: dict[str, Any]) -> Result:
-    from medtailor.search import generation_dir
+    from medtailor.generations import generation_dir
     from medtailor.search_seg import run_coarse_tell
 
     summary = run_coarse_tell(args.output, args.generation, params)
@@ -920,6 +923,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"medtailor {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"medtailor {args.command}: {exc}", file=sys.stderr)
+        return Terminated.exit_code
     except Exception as exc:
         # The full traceback goes to the log (a rule's log file under Snakemake/DVC), the
         # last line says what failed in one sentence.

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from medtailor.imageio import save_torch
 
 log = logging.getLogger(__name__)
 # params.yaml's optimizer names -> timm's create_optimizer_v2 names.
@@ -44,3 +47,34 @@ def discard_stale_state(state_dir: Path, key: str, name: str) -> None:
         log.info("%s: %s belongs to other inputs or settings; starting afresh", name, last)
     for stale in ("last.pt", "best.pt"):
         (state_dir / stale).unlink(missing_ok=True)
+
+
+def save_training_state(
+    path: Path, key: str, epoch: int, history: list[dict[str, Any]], **state: Any
+) -> None:
+    """``last.pt``: what resumes a run after ``epoch`` (the module and optimiser state dicts
+    and best-so-far values in ``state``), its per-epoch history as plain lists (tensors
+    and numbers only, so ``weights_only`` loads it) and the ``key`` of its inputs."""
+    keys = list(history[0])
+    save_torch(
+        {
+            **state,
+            "epoch": epoch,
+            "history_keys": keys,
+            "history": [[row[k] for k in keys] for row in history],
+            "resume_key": key,
+        },
+        path,
+    )
+
+
+def load_training_state(
+    path: Path, device: torch.device
+) -> tuple[dict[str, Any], int, list[dict[str, Any]]] | None:
+    """(state, first epoch to run, history so far) from ``last.pt``, or None without one
+    (``discard_stale_state`` has already removed state of other inputs)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
+    return state, int(state["epoch"]) + 1, history

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,32 +48,6 @@ ORDERED_KEYS = [
 ]
 
 
-def study_errors(params: dict[str, Any]) -> list[str]:
-    """A grid factor must be a key a configuration has (a typo would be ignored), and every
-    configuration needs the model entry's required keys from the factors or ``entry``."""
-    grid = (params.get("studies") or {}).get("grid")
-    if not grid:
-        return []
-    schema = load_schema()["$defs"]
-    entry_keys = set(schema["model_entry"]["properties"]) - {"recipe"}
-    known = entry_keys | set(schema["recipe"]["properties"])
-    errors = [
-        f"studies.grid.factors.{factor}: not a model entry or train recipe key"
-        for factor in grid["factors"]
-        if factor not in known
-    ]
-    given = set(grid["factors"]) | set(grid.get("entry", {}))
-    missing = sorted(set(schema["model_entry"]["required"]) - given)
-    if missing:
-        errors.append(f"studies.grid: neither factors nor entry set {missing}")
-    errors += [
-        f"studies.grid.entry.{key}: not a model entry or train recipe key"
-        for key in grid.get("entry", {})
-        if key not in known
-    ]
-    return errors
-
-
 def cross_field_errors(params: dict[str, Any]) -> list[str]:
     """Relations between keys, checked after the schema so every key exists and has its type."""
     errors = []
@@ -103,32 +78,33 @@ def cross_field_errors(params: dict[str, Any]) -> list[str]:
                 f"{where}: crop_class_ratios has {len(recipe['crop_class_ratios'])} values; it "
                 f"needs one per class, background first ({len(recipe['labels']) + 1})"
             )
-    if params["patches"].get("source") == "whole_image" and params["search"].get("enabled"):
-        errors.append(
-            "search.enabled is true but patches.source is whole_image: the architecture "
-            "search scores candidates by the detector's validation AUFROC, which whole images "
-            "do not have; set search.enabled: false"
-        )
-    errors += study_errors(params)
-    search = params.get("search_seg") or {}
-    if search.get("enabled"):
-        from medtailor.search_seg import final_names
-
-        for name in set(final_names(params)) & set(params["seg_models"]):
-            errors.append(
-                f"seg_models.{name}: the segmentation search trains a model of this name; "
-                "rename the entry"
-            )
-        divisor = 2 ** (int(search["downsamplings"]) + 1)
-        for key in ("recipe", "supernet_recipe", "final_recipe"):
-            size = {**params["train_seg"], **search[key]}["patch_size"]
-            if any(int(s) % divisor for s in size):
-                errors.append(
-                    f"search_seg.{key}: patch_size {list(size)} (from train_seg unless "
-                    f"overridden) must be a multiple of {divisor} per axis: the input stem and "
-                    f"{search['downsamplings']} down-samplings halve it {int(search['downsamplings']) + 1} times"
-                )
+    for check in registered_checks():
+        errors += check(params)
     return errors
+
+
+ParamsCheck = Callable[[dict[str, Any]], list[str]]
+_CHECKS: dict[str, ParamsCheck] = {}
+# A stage package contributes checks of its own keys in a module of this name, whose
+# functions register with ``@params_check``; config imports no stage by name.
+CHECKS_MODULE = "params_checks"
+
+
+def params_check(check: ParamsCheck) -> ParamsCheck:
+    """Register ``check`` (params -> list of error lines) with the params validation."""
+    _CHECKS[f"{check.__module__}.{check.__qualname__}"] = check
+    return check
+
+
+def registered_checks() -> list[ParamsCheck]:
+    """Every stage's registered checks, importing each stage's ``params_checks`` module."""
+    import importlib
+
+    package = Path(__file__).resolve().parent.parent
+    for stage in sorted(package.iterdir()):
+        if (stage / f"{CHECKS_MODULE}.py").is_file():
+            importlib.import_module(f"medtailor.{stage.name}.{CHECKS_MODULE}")
+    return list(_CHECKS.values())
 
 
 def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:

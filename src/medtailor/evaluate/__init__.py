@@ -14,7 +14,6 @@ patient are correlated.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -33,10 +32,10 @@ from medtailor.evaluate.classification import (
     load_predictions,
     operating_point,
 )
+from medtailor.evaluate.comparisons import compare_models
 from medtailor.evaluate.detection import candidate_hits, froc_summary, recall_by_candidates
 from medtailor.evaluate.evidence import evidence_table, evidence_warnings
 from medtailor.evaluate.segmentation import dice_curves, evaluate_segmentation, search_seg_section
-from medtailor.evaluate.stats import bootstrap_metric, delong_test, holm, mcnemar_test, weighted_auc
 from medtailor.patches import lesions_found
 from medtailor.patches.store import PatchStore
 from medtailor.split import manifest_with_split
@@ -131,60 +130,6 @@ def detection_inputs(
         "lesions": lesions,
         "images": images[["image_id", "study_id", "patient_id"]],
     }
-
-
-def compare_models(
-    frames: dict[str, pd.DataFrame], results: dict[str, dict], cfg: dict, seed: int
-) -> list[dict]:
-    """Pairwise tests on the test split (the same patches for every model), with the
-    patient as the unit: patches of one patient are correlated, so the AUC comparison is
-    the clustered DeLong test (Obuchowski 1997), the bootstrap of the difference resamples
-    patients and McNemar's test is the clustered one of Durkalski et al. (2003)."""
-    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
-    rows = []
-    for a, b in itertools.combinations(sorted(frames), 2):
-        left = evaluable(frames[a][frames[a]["split"] == "test"]).set_index("patch_id")
-        right = evaluable(frames[b][frames[b]["split"] == "test"]).set_index("patch_id")
-        common = left.index.intersection(right.index)
-        left, right = left.loc[common], right.loc[common]
-        labels = left["label"].to_numpy() == 1
-        if labels.all() or not labels.any():
-            rows.append({"a": a, "b": b, "undefined": "single-class test split"})
-            continue
-        patients = left["patient_id"].to_numpy()
-        prob_a, prob_b = left["prob"].to_numpy(), right["prob"].to_numpy()
-        delong = delong_test(labels, prob_a, prob_b, level, clusters=patients)
-
-        def difference(weights, prob_a=prob_a, prob_b=prob_b, labels=labels):
-            return weighted_auc(labels, prob_a, weights) - weighted_auc(labels, prob_b, weights)
-
-        interval = bootstrap_metric(difference, patients, replicates, level, seed)
-        row = {
-            "a": a,
-            "b": b,
-            "unit": "patient",
-            "patients": len(np.unique(patients)),
-            "patches": len(labels),
-            "auc_a": delong.auc_a,
-            "auc_b": delong.auc_b,
-            "difference": delong.difference,
-            "delong_z": delong.z,
-            "delong_p": delong.p_value,
-            "delong_ci": [delong.ci_low, delong.ci_high],
-            "bootstrap_difference_ci": [interval.low, interval.high],
-            "bootstrap_difference_ci_undefined": interval.undefined,
-        }
-        ta = results[a]["test_operating_point"].get("threshold")
-        tb = results[b]["test_operating_point"].get("threshold")
-        if ta is not None and tb is not None:
-            mc = mcnemar_test(labels, prob_a >= ta, prob_b >= tb, clusters=patients)
-            row.update({"mcnemar_p": mc["p_value"], "mcnemar_statistic": mc["statistic"]})
-        rows.append(row)
-    for key in ("delong_p", "mcnemar_p"):
-        present = [r for r in rows if key in r and np.isfinite(r[key])]
-        for row, adjusted in zip(present, holm([r[key] for r in present]), strict=True):
-            row[f"{key}_holm"] = adjusted
-    return rows
 
 
 def correlations(table: pd.DataFrame) -> list[dict]:
@@ -313,7 +258,7 @@ def run_evaluate(
             json.dumps(_clean(result), indent=2) + "\n"
         )
 
-    comparisons = compare_models(frames, results, cfg, seed)
+    comparisons = compare_models(frames, cfg, seed)
     table = summary_table(results, comparisons)
     summary = {
         "evidence": _clean(evidence),

@@ -10,6 +10,8 @@ import pandas as pd
 
 from medtailor.evaluate.stats import (
     bootstrap_metric,
+    logit_t_interval,
+    rarer_class_df,
     threshold_metrics,
     weighted_auc,
     youden_threshold,
@@ -72,26 +74,49 @@ def evaluable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["label"] >= 0]
 
 
+# The AUC interval was calibrated (bench/calibration.py) down to splits with this many
+# patients with a case of the rarer class; below it the report says the interval is
+# outside the calibrated range.
+CALIBRATED_MIN_PATIENTS = 10
+
+
 def auc_with_ci(frame: pd.DataFrame, replicates: int, level: float, seed: int) -> dict[str, Any]:
+    """AUC with its logit-t patient-bootstrap interval (``stats.logit_t_interval``)."""
     cases = evaluable(frame)
     labels = cases["label"].to_numpy() == 1
     if labels.all() or not labels.any():
         return {"auc": None, "auc_ci": [None, None], "undefined": "single class", "n": len(cases)}
     probs = cases["prob"].to_numpy(float)
-    auc = float(weighted_auc(labels, probs, np.ones((1, len(cases))))[0])
-    interval = bootstrap_metric(
-        lambda w: weighted_auc(labels, probs, w),
-        cases["patient_id"].to_numpy(),
-        replicates,
-        level,
-        seed,
-    )
+    patients = cases["patient_id"].to_numpy()
     return {
-        "auc": auc,
-        **interval.as_dict("auc"),
+        **auc_interval(
+            lambda w: weighted_auc(labels, probs, w),
+            patients,
+            rarer_class_df(labels, patients),
+            replicates,
+            level,
+            seed,
+        ),
         "n": len(cases),
         "positives": int(labels.sum()),
         "patients": int(cases["patient_id"].nunique()),
+    }
+
+
+def auc_interval(
+    metric: Any, patients: np.ndarray, df: int, replicates: int, level: float, seed: int
+) -> dict[str, Any]:
+    """An AUC-like ``metric(weights)``'s value, its logit-t patient-bootstrap interval with
+    ``df`` degrees of freedom, and whether that lies within the calibrated range."""
+    value = float(metric(np.ones((1, len(patients))))[0])
+    interval = bootstrap_metric(metric, patients, replicates, level, seed)
+    low, high = logit_t_interval(value, interval.samples, df, level)
+    return {
+        "auc": value,
+        "auc_ci": [low, high],
+        "auc_ci_undefined": interval.undefined,
+        "rarer_class_patients": int(df + 1),
+        "below_calibrated_range": bool(df + 1 < CALIBRATED_MIN_PATIENTS),
     }
 
 

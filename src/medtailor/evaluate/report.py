@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtailor.evaluate.comparisons import comparison_table
 from medtailor.evaluate.segmentation import REPORTED_PATCH
 from medtailor.figures import pyplot, save_figure
 from medtailor.patches.store import PatchStore
@@ -141,6 +142,33 @@ def _interval(value: Any, ci: Any) -> str:
 
 
 FPPI_TICKS = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+
+
+def calibrated_range_lines(models: dict[str, Any]) -> list[str]:
+    """A warning for every AUC interval computed outside the range it was calibrated on."""
+    from medtailor.evaluate.classification import CALIBRATED_MIN_PATIENTS
+
+    outside = []
+    for name, result in models.items():
+        blocks = [(split, result.get(split) or {}) for split in ("val", "test")]
+        blocks += [
+            (f"{split} {target}", per_class.get(split) or {})
+            for target, per_class in (result.get("classes") or {}).items()
+            for split in ("val", "test")
+        ]
+        outside += [
+            f"{name} {where} ({block['rarer_class_patients']} patients)"
+            for where, block in blocks
+            if block.get("below_calibrated_range")
+        ]
+    if not outside:
+        return []
+    return [
+        f"**AUC intervals outside the calibrated range:** {', '.join(outside)} rest on fewer "
+        f"than {CALIBRATED_MIN_PATIENTS} patients with a case of the rarer class; the "
+        "interval was calibrated down to that number, below it its coverage is unknown.",
+        "",
+    ]
 
 
 def froc_left_edge(low: float) -> float:
@@ -503,11 +531,14 @@ def write_report(
         ),
         "## Models (test split)",
         "",
-        f"Unit: **patient**. AUC, sensitivity and specificity intervals are {level}% "
-        f"percentile intervals of {replicates} bootstrap replicates that resample patients "
-        "(all patches of a drawn patient together); the AUFROC interval resamples patients "
-        "too (all studies of a drawn patient together).",
+        f"Unit: **patient**. Every interval comes from {replicates} bootstrap replicates "
+        "that resample patients (all patches, or all studies, of a drawn patient together). "
+        f"The AUC's {level}% interval is logit(AUC) ± t × the replicates' SD on the logit "
+        "scale, with the patients of the rarer class − 1 degrees of freedom (calibrated to "
+        "hold its level with few patients); sensitivity, specificity and AUFROC intervals "
+        "are percentile intervals.",
         "",
+        *calibrated_range_lines(summary["models"]),
         "| model | architecture | init | test AUC | test AUFROC | sensitivity | specificity | parameters | MACs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -547,13 +578,6 @@ def write_report(
         "",
         "## Pairwise comparisons (test split)",
         "",
-        "Unit: **patient**. DeLong: the clustered DeLong test (Obuchowski 1997; patients are "
-        "the clusters, the same patches for both models), with its normal-theory interval of "
-        f"the AUC difference; bootstrap: {level}% percentile interval of the difference over "
-        f"{replicates} replicates resampling patients; McNemar: the clustered test for matched "
-        "pairs of Durkalski et al. (2003) at each model's validation threshold. Holm adjusts "
-        "each test's p-values across all pairs.",
-        "",
     ]
     few = sorted({c["patients"] for c in summary["comparisons"] if c.get("patients", 99) < 20})
     if few:
@@ -564,21 +588,7 @@ def write_report(
             "tests only with more test patients.",
             "",
         ]
-    lines += [
-        "| a | b | patients (patches) | AUC difference (DeLong CI) | DeLong z | DeLong p (Holm) | bootstrap CI of difference | McNemar p (Holm) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in summary["comparisons"]:
-        if "undefined" in c:
-            lines.append(f"| {c['a']} | {c['b']} | | undefined: {c['undefined']} | | | | |")
-            continue
-        b_low, b_high = c["bootstrap_difference_ci"]
-        lines.append(
-            f"| {c['a']} | {c['b']} | {c['patients']} ({c['patches']}) | {_interval(c['difference'], c['delong_ci'])} | {_number(c['delong_z'], '.2f')} | "
-            f"{_number(c['delong_p'])} ({_number(c.get('delong_p_holm'))}) | "
-            f"{_number(b_low, '.3f')}–{_number(b_high, '.3f')} | "
-            f"{_number(c.get('mcnemar_p'))} ({_number(c.get('mcnemar_p_holm'))}) |"
-        )
+    lines += comparison_table(summary["comparisons"], params["evaluate"])
     lines += [
         "",
         "## Correlations across models (Spearman)",

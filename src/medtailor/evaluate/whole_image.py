@@ -19,8 +19,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtailor.evaluate.classification import auc_with_ci, evaluable, operating_point
-from medtailor.evaluate.stats import bootstrap_metric, weighted_auc
+from medtailor.evaluate.classification import (
+    auc_interval,
+    auc_with_ci,
+    evaluable,
+    operating_point,
+)
+from medtailor.evaluate.comparisons import compare_models, comparison_table
+from medtailor.evaluate.report import calibrated_range_lines
+from medtailor.evaluate.stats import (
+    bootstrap_metric,
+    rarer_class_df,
+    weighted_auc,
+)
 from medtailor.figures import pyplot, save_figure
 
 
@@ -34,39 +45,45 @@ def wide_targets(frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.Data
     return labels[order], probs[order], patients
 
 
-def mean_auc_metric(frame: pd.DataFrame, split: str) -> tuple[Any, np.ndarray]:
-    """(metric, patients): ``metric(weights)`` is the mean of the defined per-class AUCs
-    under patient-bootstrap weights (replicates x images), NaN where no class is defined."""
+def mean_auc_metric(frame: pd.DataFrame, split: str) -> tuple[Any, np.ndarray, int]:
+    """(metric, patients, df): ``metric(weights)`` is the mean of the defined per-class AUCs
+    under patient-bootstrap weights (replicates x images), NaN where no class is defined;
+    ``df`` is the smallest rarer-class degrees of freedom over those classes."""
     labels, probs, patients = wide_targets(frame, split)
     label_values, prob_values = labels.to_numpy(float), probs.to_numpy(float)
+    defined = []
+    for k in range(label_values.shape[1]):
+        known = label_values[:, k] >= 0
+        cases = label_values[known, k] == 1
+        if not (cases.all() or not cases.any()):
+            defined.append((known, cases, k))
 
     def mean_of_classes(weights: np.ndarray) -> np.ndarray:
-        per_class = []
-        for k in range(label_values.shape[1]):
-            known = label_values[:, k] >= 0
-            cases = label_values[known, k] == 1
-            if cases.all() or not cases.any():
-                continue
-            per_class.append(weighted_auc(cases, prob_values[known, k], weights[:, known]))
-        if not per_class:
+        if not defined:
             return np.full(len(weights), np.nan)
+        per_class = [
+            weighted_auc(cases, prob_values[known, k], weights[:, known])
+            for known, cases, k in defined
+        ]
         with warnings.catch_warnings():  # a replicate without any defined class is NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(np.vstack(per_class), axis=0)
 
-    return mean_of_classes, patients
+    df = min((rarer_class_df(cases, patients[known]) for known, cases, _ in defined), default=0)
+    return mean_of_classes, patients, df
 
 
 def mean_auc_with_ci(
     frame: pd.DataFrame, split: str, replicates: int, level: float, seed: int
 ) -> dict[str, Any]:
-    """The mean of the defined per-class AUCs, with a patient-bootstrap CI."""
-    metric, patients = mean_auc_metric(frame, split)
-    value = float(metric(np.ones((1, len(patients))))[0])
-    if np.isnan(value):
+    """The mean of the defined per-class AUCs, with a logit-t patient-bootstrap interval."""
+    metric, patients, df = mean_auc_metric(frame, split)
+    if np.isnan(metric(np.ones((1, len(patients))))[0]):
         return {"auc": None, "auc_ci": [None, None], "undefined": "no class with both outcomes"}
-    interval = bootstrap_metric(metric, patients, replicates, level, seed)
-    return {"auc": value, **interval.as_dict("auc"), "images": len(patients)}
+    return {
+        **auc_interval(metric, patients, df, replicates, level, seed),
+        "images": len(patients),
+    }
 
 
 def mean_auc_difference_with_ci(
@@ -79,8 +96,8 @@ def mean_auc_difference_with_ci(
 ) -> dict[str, Any]:
     """Mean AUC of a minus that of b on the same samples, with a paired patient-bootstrap
     CI (each replicate weighs both models' samples alike)."""
-    metric_a, patients = mean_auc_metric(frame_a, split)
-    metric_b, patients_b = mean_auc_metric(frame_b, split)
+    metric_a, patients, _ = mean_auc_metric(frame_a, split)
+    metric_b, patients_b, _ = mean_auc_metric(frame_b, split)
     if not np.array_equal(patients, patients_b):
         raise ValueError("the two models were scored on different samples")
 
@@ -111,21 +128,13 @@ def evaluate_whole_image_model(
     return result
 
 
-def compare_whole_image_models(
-    frames: dict[str, pd.DataFrame], results: dict[str, dict], cfg: dict, seed: int
-) -> list[dict]:
+def compare_whole_image_models(frames: dict[str, pd.DataFrame], cfg: dict, seed: int) -> list[dict]:
     """The pairwise tests of ``compare_models``, one family per class."""
-    from medtailor.evaluate import compare_models
-
     rows = []
     targets = list(dict.fromkeys(next(iter(frames.values()))["target"])) if frames else []
     for target in targets:
         chosen = {name: frame[frame["target"] == target] for name, frame in frames.items()}
-        per_class = {
-            name: {"test_operating_point": result["classes"][target]["test_operating_point"]}
-            for name, result in results.items()
-        }
-        rows += [{"target": target, **row} for row in compare_models(chosen, per_class, cfg, seed)]
+        rows += [{"target": target, **row} for row in compare_models(chosen, cfg, seed)]
     return rows
 
 
@@ -186,10 +195,11 @@ def report_lines(
         "",
         f"Task: {kind}; classes: {', '.join(map(str, task['classes']))}. Each sample is one image.",
         f"Unit of every interval and test: the patient (images of one patient are "
-        f"correlated): {level}% CIs are percentile intervals of "
-        f"{cfg['bootstrap_replicates']} patient-bootstrap replicates, the DeLong test is the "
-        "clustered one (Obuchowski 1997), McNemar's the clustered one (Durkalski 2003).",
+        f"correlated). {level}% AUC CIs come from {cfg['bootstrap_replicates']} "
+        "patient-bootstrap replicates, on the logit scale with a Student t (patients of the "
+        "rarer class - 1 degrees of freedom).",
         "",
+        *calibrated_range_lines(results),
         "## Test AUC per model",
         "",
         "| model | mean AUC | " + " | ".join(map(str, targets)) + " |",
@@ -211,24 +221,10 @@ def report_lines(
     if comparisons:
         lines += [
             "",
-            "## Pairwise comparisons per class (test split, unit: patient)",
+            "## Pairwise comparisons per class (test split)",
             "",
-            "| class | a | b | AUC a - b | DeLong p (Holm) | McNemar p (Holm) |",
-            "|---|---|---|---|---|---|",
+            *comparison_table(comparisons, cfg),
         ]
-        for row in comparisons:
-            if "undefined" in row:
-                lines.append(
-                    f"| {row['target']} | {row['a']} | {row['b']} | {row['undefined']} | | |"
-                )
-                continue
-            delong = row.get("delong_p_holm")
-            mcnemar = row.get("mcnemar_p_holm")
-            lines.append(
-                f"| {row['target']} | {row['a']} | {row['b']} | {row['difference']:.3f} | "
-                f"{'' if delong is None else f'{delong:.3g}'} | "
-                f"{'' if mcnemar is None else f'{mcnemar:.3g}'} |"
-            )
     if figure:
         lines += ["", f"![ROC curves per class]({figure})"]
     return lines
@@ -259,7 +255,7 @@ def evaluate_whole_images(
         (out_dir / "models" / f"{name}.json").write_text(
             json.dumps(_clean(result), indent=2) + "\n"
         )
-    comparisons = compare_whole_image_models(frames, results, cfg, seed)
+    comparisons = compare_whole_image_models(frames, cfg, seed)
     curves = roc_curves(frames)
     curves.to_csv(out_dir / "roc.csv", index=False)
     figure = roc_figure(curves, out_dir)

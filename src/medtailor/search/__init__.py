@@ -12,7 +12,9 @@ The budget is known, so the work is a fixed chain of generations, each three ste
 - ``search-candidate --generation g --index i``: trains and scores candidate i
   (``g<g>/candidate_<i>.json``). A canonical genotype is trained once: its folder
   ``<state>/<key>/`` (outside every declared output, like the train stage's state) keeps
-  the trained model and its score, and a killed job resumes its training there;
+  the trained model and its score with the fingerprint of what the score depends on
+  (``generations.train_once``: a changed recipe, seed, patch store, split or FROC setting
+  retrains it), and a killed job resumes its training there;
 - ``search-tell --generation g``: appends the generation's scores to the history
   (``g<g>/history.json``).
 
@@ -27,16 +29,25 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from medtailor.imageio import atomic_output
+from medtailor.generations import (
+    fingerprint,
+    generation_dir,
+    log_candidate_metrics,
+    read_asked,
+    read_candidates,
+    read_history,
+    run_generations,
+    train_once,
+    write_candidate,
+    write_json,
+)
 from medtailor.search.evolution import SearchPlan, ask_generation, best_so_far
-from medtailor.search.spaces import create_space
-from medtailor.tracking import child_run, log_step_metrics
+from medtailor.tracking import child_run, file_hash, log_step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +55,6 @@ log = logging.getLogger(__name__)
 def search_plan(params: dict[str, Any]) -> SearchPlan:
     cfg = params["search"]
     return SearchPlan(int(cfg["budget"]), int(cfg["workers"]), int(params["seed"]))
-
-
-def generation_dir(search_dir: Path, generation: int) -> Path:
-    return search_dir / f"g{generation:03d}"
-
-
-def write_json(path: Path, value: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-    return path
-
-
-def read_history(search_dir: Path, generation: int) -> list[dict[str, Any]]:
-    """The history before ``generation`` (what the tell of generation - 1 wrote)."""
-    if generation == 0:
-        return []
-    path = generation_dir(search_dir, generation - 1) / "history.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: generation {generation - 1} has not been told yet")
-    return json.loads(path.read_text())
 
 
 def candidate_entry(params: dict[str, Any], genotype: list[int | None], epochs_key: str) -> dict:
@@ -91,6 +81,7 @@ def within_limits(info: dict[str, Any], cfg: dict[str, Any]) -> bool:
 
 def run_ask(search_dir: Path, generation: int, params: dict[str, Any]) -> dict[str, Any]:
     """Write the candidates of ``generation`` with their size (random weights: cheap)."""
+    from medtailor.search.spaces import create_space
     from medtailor.train import model_info
 
     space, plan = create_space(params["search"]["space"]), search_plan(params)
@@ -128,10 +119,19 @@ class CandidateScorer:
         self.store_dir, self.params = store_dir, params
         manifest = manifest_with_split(resample_dir, split_csv)
         truths = read_boxes(resample_dir / "boxes.parquet")
-        index = PatchStore(store_dir).index
+        store = PatchStore(store_dir)
         self.cfg = params["evaluate"]["froc"]
         self.detection = detection_inputs(
-            manifest, truths, index, params["train"]["kind"], self.cfg, split="val"
+            manifest, truths, store.index, params["train"]["kind"], self.cfg, split="val"
+        )
+        # Everything a score depends on besides the candidate's own training: the patches,
+        # the split, the truth boxes and the FROC settings.
+        self.fingerprint = fingerprint(
+            store=store.fingerprint(),
+            split=file_hash(split_csv),
+            boxes=file_hash(resample_dir / "boxes.parquet"),
+            froc=self.cfg,
+            kind=params["train"]["kind"],
         )
 
     def score(self, predictions: pd.DataFrame) -> float | None:
@@ -144,19 +144,6 @@ class CandidateScorer:
         )
 
 
-def train_once(folder: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``train`` (which trains in ``folder``) once: its result is kept in
-    ``folder/score.json`` and a later call returns it without training (``trained_now``
-    says which happened). Both searches train each network this way."""
-    done = folder / "score.json"
-    if done.is_file():
-        return {**json.loads(done.read_text()), "trained_now": False}
-    started = time.perf_counter()
-    result = {**train(), "train_seconds": time.perf_counter() - started}
-    write_json(done, result)
-    return {**result, "trained_now": True}
-
-
 def train_candidate(
     key: str,
     entry: dict[str, Any],
@@ -165,10 +152,12 @@ def train_candidate(
     params: dict[str, Any],
     sink: Any = None,
 ) -> dict[str, Any]:
-    """Train one canonical genotype once, in ``state_root/<key>/``, and score it."""
+    """Train one canonical genotype once per fingerprint (its training configuration, the
+    seed and the scorer's inputs), in ``state_root/<key>/``, and score it."""
     from medtailor.train.loop import train_model
 
     folder = state_root / key
+    seed = int(params["seed"])
 
     def train() -> dict[str, Any]:
         summary = train_model(
@@ -177,7 +166,7 @@ def train_candidate(
             scorer.store_dir,
             folder / "model",
             folder / "state",
-            int(params["seed"]),
+            seed,
             sink,
         )
         predictions = pd.read_parquet(folder / "model" / "predictions.parquet")
@@ -187,7 +176,7 @@ def train_candidate(
             "images_per_second": summary["images_per_second"],
         }
 
-    return train_once(folder, train)
+    return train_once(folder, fingerprint(entry=entry, seed=seed, scorer=scorer.fingerprint), train)
 
 
 def run_candidate(
@@ -200,7 +189,7 @@ def run_candidate(
 ) -> dict[str, Any]:
     """Train and score candidate ``index`` of ``generation``; write its record."""
     started = time.perf_counter()
-    asked = json.loads((generation_dir(search_dir, generation) / "asked.json").read_text())
+    asked = read_asked(search_dir, generation)
     record = dict(asked[index])
     history = read_history(search_dir, generation)
     earlier = next((r for r in history if r["key"] == record["key"]), None)
@@ -234,23 +223,8 @@ def run_candidate(
                 train_seconds=result["train_seconds"],
             )
         record["seconds"] = time.perf_counter() - started
-        if run is not None:
-            import mlflow
-
-            mlflow.log_metrics(
-                {
-                    k: float(record[k])
-                    for k in ("score", "parameters", "macs", "seconds")
-                    if record.get(k) is not None
-                }
-            )
-    write_json(generation_dir(search_dir, generation) / f"candidate_{index}.json", record)
-    return {
-        "generation": generation,
-        "index": index,
-        "score": record["score"],
-        "trained": int(record["status"] == "trained"),
-    }
+        log_candidate_metrics(run, record)
+    return write_candidate(search_dir, generation, index, record)
 
 
 def run_tell(search_dir: Path, generation: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -258,12 +232,7 @@ def run_tell(search_dir: Path, generation: int, params: dict[str, Any]) -> dict[
     plan = search_plan(params)
     folder = generation_dir(search_dir, generation)
     history = read_history(search_dir, generation)
-    records = []
-    for index in range(plan.size(generation)):
-        path = folder / f"candidate_{index}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: candidate {index} of generation {generation}")
-        records.append(json.loads(path.read_text()))
+    records = read_candidates(search_dir, generation, plan.size(generation))
     for record in records:
         if record["status"] == "twin":
             record["score"] = records[record["twin"]]["score"]
@@ -288,20 +257,17 @@ def run_search(
 ) -> dict[str, Any]:
     """The whole search in one process (DVC's stage): the same steps over the same files
     as the Snakemake jobs, skipping what is already there."""
-    from tqdm import tqdm
-
     plan = search_plan(params)
     scorer = CandidateScorer(store_dir, resample_dir, split_csv, params)
-    for generation in tqdm(range(plan.generations), desc="search", unit="generation"):
-        folder = generation_dir(search_dir, generation)
-        if (folder / "history.json").is_file():
-            continue
-        if not (folder / "asked.json").is_file():
-            run_ask(search_dir, generation, params)
-        for index in range(plan.size(generation)):
-            if not (folder / f"candidate_{index}.json").is_file():
-                run_candidate(search_dir, generation, index, scorer, state_root, params)
-        run_tell(search_dir, generation, params)
+    run_generations(
+        search_dir,
+        plan.generations,
+        plan.size,
+        lambda g: run_ask(search_dir, g, params),
+        lambda g, i: run_candidate(search_dir, g, i, scorer, state_root, params),
+        lambda g: run_tell(search_dir, g, params),
+        "search",
+    )
     return search_result(search_dir, params)
 
 

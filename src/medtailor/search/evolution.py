@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medtailor.search.spaces import ElasticSpace
+if TYPE_CHECKING:  # spaces imports torch; the plan and the history need none of it
+    from medtailor.search.spaces import ElasticSpace
 
 # The loss told for a candidate over the parameter or MAC limit (scores lie in [0, 1]).
 INFEASIBLE_LOSS = 1.0

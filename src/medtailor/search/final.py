@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from medtailor.figures import pyplot, save_figure
-from medtailor.search import CandidateScorer, candidate_entry, final_history, write_json
+from medtailor.generations import write_json
+from medtailor.search import CandidateScorer, candidate_entry, final_history
 from medtailor.search.evolution import loss_of
 from medtailor.search.spaces import create_space
 

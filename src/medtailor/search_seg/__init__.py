@@ -5,8 +5,9 @@
    ``search_seg.recipe`` and score their validation mean foreground Dice. The work is
    generations, each three steps over files in ``data/search_seg/`` as in the OFA search:
    ``search-seg-ask`` writes ``g<g>/asked.json``, ``search-seg-candidate`` trains one
-   (``g<g>/candidate_<i>.json``; a topology trains once, in ``<state>/<key>/``, where a
-   killed job resumes) and ``search-seg-tell`` appends to ``g<g>/history.json``.
+   (``g<g>/candidate_<i>.json``; a topology trains once per fingerprint of its recipe,
+   seed and volumes, in ``<state>/<key>/``, where a killed job resumes:
+   ``medtailor.generations``) and ``search-seg-tell`` appends to ``g<g>/history.json``.
 2. **Fine** (``search-seg-fine``): on the best topology, a single-path supernet (three
    operations per cell, one uniformly sampled path per step) trains under
    ``search_seg.supernet_recipe``; ``search_seg.assignments`` random operation assignments
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from medtailor.search import generation_dir, read_history, train_once, write_json
+from medtailor import generations
 from medtailor.search_seg.coarse import CoarsePlan, ask_coarse, best_record
 from medtailor.search_seg.space import cluster_topologies, enumerate_topologies
 from medtailor.tracking import child_run, log_step_metrics
@@ -97,13 +98,13 @@ def run_coarse_ask(search_dir: Path, generation: int, params: dict[str, Any]) ->
     asked = ask_coarse(
         topologies,
         labels,
-        read_history(search_dir, generation),
+        generations.read_history(search_dir, generation),
         coarse_plan(params),
         generation,
         int(cfg["initial_per_cluster"]),
         float(cfg["explore"]),
     )
-    write_json(generation_dir(search_dir, generation) / "asked.json", asked)
+    generations.write_json(generations.generation_dir(search_dir, generation) / "asked.json", asked)
     return {
         "generation": generation,
         "candidates": len(asked),
@@ -120,10 +121,14 @@ def train_topology(
     seed: int,
     sink: Any = None,
 ) -> dict[str, Any]:
-    """Train one topology once, in ``state_root/<key>/`` (a killed run resumes there)."""
+    """Train one topology once per fingerprint (its training configuration, the seed and
+    the volumes it trains and is validated on), in ``state_root/<key>/`` (a killed run
+    resumes there)."""
+    from medtailor.train_seg.data import data_fingerprint, segmentation_rows
     from medtailor.train_seg.loop import train_segmentation
 
     folder = state_root / key
+    data = data_fingerprint(resample_dir, segmentation_rows(resample_dir, split_csv))
 
     def train() -> dict[str, Any]:
         summary = train_segmentation(
@@ -143,7 +148,9 @@ def train_topology(
             "macs": summary["macs"],
         }
 
-    return train_once(folder, train)
+    return generations.train_once(
+        folder, generations.fingerprint(entry=entry, seed=seed, data=data), train
+    )
 
 
 def run_coarse_candidate(
@@ -156,8 +163,7 @@ def run_coarse_candidate(
     params: dict[str, Any],
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    asked = json.loads((generation_dir(search_dir, generation) / "asked.json").read_text())
-    record = dict(asked[index])
+    record = dict(generations.read_asked(search_dir, generation)[index])
     with child_run(
         f"candidate:{record['key']}",
         {"medtailor.candidate": record["key"], "medtailor.generation": generation},
@@ -176,31 +182,17 @@ def run_coarse_candidate(
             status="trained" if result["trained_now"] else "cached",
             seconds=time.perf_counter() - started,
         )
-        if run is not None:
-            import mlflow
-
-            mlflow.log_metrics(
-                {k: float(record[k]) for k in ("score", "parameters", "macs", "seconds")}
-            )
-    write_json(generation_dir(search_dir, generation) / f"candidate_{index}.json", record)
-    return {
-        "generation": generation,
-        "index": index,
-        "score": record["score"],
-        "trained": int(record["status"] == "trained"),
-    }
+        generations.log_candidate_metrics(run, record)
+    return generations.write_candidate(search_dir, generation, index, record)
 
 
 def run_coarse_tell(search_dir: Path, generation: int, params: dict[str, Any]) -> dict[str, Any]:
-    folder = generation_dir(search_dir, generation)
-    records = []
-    for index in range(coarse_plan(params).size(generation)):
-        path = folder / f"candidate_{index}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: candidate {index} of generation {generation}")
-        records.append(json.loads(path.read_text()))
-    history = read_history(search_dir, generation) + records
-    write_json(folder / "history.json", history)
+    folder = generations.generation_dir(search_dir, generation)
+    records = generations.read_candidates(
+        search_dir, generation, coarse_plan(params).size(generation)
+    )
+    history = generations.read_history(search_dir, generation) + records
+    generations.write_json(folder / "history.json", history)
     best = best_record(history)
     return {
         "generation": generation,
@@ -211,28 +203,25 @@ def run_coarse_tell(search_dir: Path, generation: int, params: dict[str, Any]) -
 
 
 def coarse_history(search_dir: Path, params: dict[str, Any]) -> list[dict[str, Any]]:
-    return read_history(search_dir, coarse_plan(params).generations)
+    return generations.read_history(search_dir, coarse_plan(params).generations)
 
 
 def run_coarse_search(
     search_dir: Path, resample_dir: Path, split_csv: Path, state_root: Path, params: dict
 ) -> dict[str, Any]:
     """Every generation in one process, skipping what the files say is done."""
-    from tqdm import tqdm
-
     plan = coarse_plan(params)
-    for generation in tqdm(range(plan.generations), desc="coarse search", unit="generation"):
-        folder = generation_dir(search_dir, generation)
-        if (folder / "history.json").is_file():
-            continue
-        if not (folder / "asked.json").is_file():
-            run_coarse_ask(search_dir, generation, params)
-        for index in range(plan.size(generation)):
-            if not (folder / f"candidate_{index}.json").is_file():
-                run_coarse_candidate(
-                    search_dir, generation, index, resample_dir, split_csv, state_root, params
-                )
-        run_coarse_tell(search_dir, generation, params)
+    generations.run_generations(
+        search_dir,
+        plan.generations,
+        plan.size,
+        lambda g: run_coarse_ask(search_dir, g, params),
+        lambda g, i: run_coarse_candidate(
+            search_dir, g, i, resample_dir, split_csv, state_root, params
+        ),
+        lambda g: run_coarse_tell(search_dir, g, params),
+        "coarse search",
+    )
     history = coarse_history(search_dir, params)
     best = best_record(history)
     return {

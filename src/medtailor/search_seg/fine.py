@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 from medtailor.figures import pyplot, save_figure
+from medtailor.generations import write_json
 from medtailor.imageio import atomic_output
-from medtailor.search import write_json
 from medtailor.search_seg import candidate_entry, coarse_history, final_names, topology_space
 from medtailor.search_seg.coarse import best_record, cluster_proportions
 from medtailor.search_seg.space import OPERATIONS, random_assignments, sample_path

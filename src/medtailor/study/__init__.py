@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from medtailor.study.registry import STUDIES, study_expander
+from medtailor.study.registry import STUDIES, StudyRun, study_expander
 
 
 def study_configurations(params: dict[str, Any], study: str) -> dict[str, dict[str, Any]]:
@@ -118,7 +118,7 @@ def run_study(
     missing = missing_configurations(params, study)
     configurations = study_configurations(params, study)
     left_out = {name: {**configurations[name], "missing": what} for name, what in missing.items()}
-    return STUDIES[study].analyse(folders, store_dir, out_dir, params, left_out)
+    return STUDIES[study].analyse(StudyRun(folders, store_dir, out_dir, params, left_out))
 
 
 __all__ = [

@@ -90,6 +90,35 @@ def score_configurations(
     return scored
 
 
+def paired_auc_covariance(
+    frames: dict[str, pd.DataFrame], replicates: int, seed: int, split: str = "test"
+) -> np.ndarray:
+    """Covariance (configurations x configurations, in ``frames`` order) of the
+    configurations' mean AUCs on ``split`` under one patient bootstrap: every replicate
+    weighs all configurations' samples alike, so AUCs measured on the same patients keep
+    their correlation. NaN rows and columns for a configuration without a defined AUC."""
+    from medtailor.evaluate.stats import cluster_weights
+    from medtailor.evaluate.whole_image import mean_auc_metric
+
+    metrics, patients = [], None
+    for name, frame in frames.items():
+        metric, own, _ = mean_auc_metric(frame, split)
+        if patients is not None and not np.array_equal(own, patients):
+            raise ValueError(f"{name}: scored on other {split} samples than the others")
+        metrics.append(metric)
+        patients = own
+    if patients is None:
+        return np.zeros((0, 0))
+    weights = cluster_weights(patients, replicates, np.random.default_rng(seed))
+    values = np.column_stack([metric(weights) for metric in metrics])
+    finite = np.isfinite(values).all(axis=0)
+    covariance = np.full((len(metrics), len(metrics)), np.nan)
+    rows = np.isfinite(values[:, finite]).all(axis=1)
+    if finite.any() and rows.sum() > 1:
+        covariance[np.ix_(finite, finite)] = np.atleast_2d(np.cov(values[rows][:, finite].T))
+    return covariance
+
+
 def auc_columns(test: dict[str, Any]) -> dict[str, Any]:
     """The table columns of a test AUC with its CI."""
     low, high = test["auc_ci"]

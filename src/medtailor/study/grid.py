@@ -3,25 +3,31 @@ factors (any train entry or recipe key: heads, backbones, learning rate, unfroze
 head filters, hidden ratio, init), each a short training run.
 
 Analysis: test AUC (the mean over classes for multi-class and multi-label stores) with a
-patient-bootstrap CI per configuration; box plots of AUC per factor; for each factor a
-linear mixed-effects model (statsmodels ``MixedLM``) of AUC with that factor fixed and
-every other factor a random effect (crossed variance components), reported as the study
-reports it: per level, the estimate against the reference level, its CI and p-value; and
-the clustered DeLong and McNemar tests between the two best configurations.
+logit-t patient-bootstrap CI per configuration; box plots of AUC per factor; one linear
+model of the main effects of every varied factor, whose error is each configuration's own
+variation plus the test-set sampling covariance of the AUCs (patient bootstrap), with
+t and F tests on the residual degrees of freedom, reported as the study reports it: per
+level, the estimate against the reference level, its CI and p-value, and the factor's
+overall p; and the comparisons of the two best configurations (clustered DeLong, and test
+sensitivity and specificity at a matched operating point).
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medtailor.study.analysis import auc_columns, score_configurations, write_study_report
-from medtailor.study.registry import register_study
+from medtailor.evaluate.comparisons import comparison_table
+from medtailor.study.analysis import (
+    auc_columns,
+    paired_auc_covariance,
+    write_study_report,
+)
+from medtailor.study.registry import StudyRun, register_study
 
 
 def level_label(value: Any) -> str:
@@ -44,58 +50,122 @@ def grid_levels(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def mixed_effects_table(
-    frame: pd.DataFrame, factor: str, others: list[str], response: str = "test_auc"
-) -> pd.DataFrame:
-    """Fixed effect of each level of ``factor`` (against its first level) on ``response``,
-    with the ``others`` as crossed random intercepts (REML): estimate, CI, p per level."""
-    import statsmodels.formula.api as smf
+# A factor's test needs this many configurations at each of its levels, and the grid at
+# least one residual degree of freedom; below that the report says so instead of a p-value.
+MIN_CONFIGURATIONS_PER_LEVEL = 2
 
-    data = frame[[response, factor, *others]].dropna()
-    reference = sorted(data[factor].unique())[0]
-    formula = f"{response} ~ C({factor}, Treatment(reference={reference!r}))"
-    vc = {other: f"0 + C({other})" for other in others if data[other].nunique() > 1}
-    model = smf.mixedlm(formula, data, groups=np.ones(len(data)), vc_formula=vc or None)
-    with warnings.catch_warnings():  # small grids: boundary fits are reported, not raised
-        warnings.simplefilter("ignore")
-        fit = model.fit(reml=True)
-    interval = fit.conf_int()
-    rows = [{"factor": factor, "level": reference, "estimate": 0.0, "reference": True}]
-    for term in fit.fe_params.index:
-        if term == "Intercept":
-            continue
-        level = term.split("[T.", 1)[1].rstrip("]")
+
+def factor_effects_table(
+    table: pd.DataFrame,
+    factors: list[str],
+    covariance: np.ndarray,
+    level: float,
+    response: str = "test_auc",
+) -> pd.DataFrame:
+    """Effect of each level of every varied factor on ``response`` (against its first level
+    in sorted order), from one linear model of the main effects of all factors.
+
+    Each configuration's AUC carries two errors: the configuration's own (training noise,
+    interactions), with an unknown variance s2, and its test-set sampling error, whose
+    covariance across configurations (the same test patients) is ``covariance`` (patient
+    bootstrap, ``paired_auc_covariance``). s2 is estimated from the residuals net of the
+    sampling part (at least 0), the estimates' covariance is H (covariance + s2 I) H', and
+    every test is a t (one level) or F (the whole factor) on the residual degrees of
+    freedom. With exact AUCs this is the ordinary least-squares test; the sampling part
+    keeps a grid whose residuals happen to be small from looking exact. With few
+    configurations the residual degrees of freedom are few, and a normal reference (the
+    Wald z of a mixed model) would give p-values far too small. In a balanced grid the
+    estimates equal those of a mixed model with the other factors as random intercepts.
+    Below ``MIN_CONFIGURATIONS_PER_LEVEL`` per level, or with no residual degree of
+    freedom, a factor's rows say why there is no test.
+    """
+    from scipy import stats
+
+    data = table[[response, *factors]].reset_index(drop=True)
+    keep = data[response].notna().to_numpy()
+    data, covariance = data[keep], np.asarray(covariance, float)[np.ix_(keep, keep)]
+    columns, names = [np.ones(len(data))], ["Intercept"]
+    references = {}
+    for factor in factors:
+        levels = sorted(data[factor].unique())
+        references[factor] = levels[0]
+        for value in levels[1:]:
+            columns.append((data[factor] == value).to_numpy(float))
+            names.append((factor, value))
+    design = np.column_stack(columns)
+    y = data[response].to_numpy(float)
+    residual_df = len(y) - np.linalg.matrix_rank(design)
+    hat = np.linalg.pinv(design)  # (p, n): the OLS estimates are hat @ y
+    estimates = hat @ y
+    residual_maker = np.eye(len(y)) - design @ hat
+    rss = float(y @ residual_maker @ y)
+    sampling = hat @ covariance @ hat.T
+    own_variance = (
+        max(0.0, (rss - float(np.trace(residual_maker @ covariance))) / residual_df)
+        if residual_df > 0
+        else float("nan")
+    )
+    gram = hat @ hat.T
+    rows = []
+    for factor in factors:
+        counts = data[factor].value_counts()
+        reason = None
+        if residual_df < 1:
+            reason = f"no residual degree of freedom ({len(y)} configurations)"
+        elif counts.min() < MIN_CONFIGURATIONS_PER_LEVEL:
+            reason = (
+                f"needs {MIN_CONFIGURATIONS_PER_LEVEL} configurations per level "
+                f"(level {counts.idxmin()!r} has {counts.min()})"
+            )
         rows.append(
-            {
-                "factor": factor,
-                "level": level,
-                "estimate": float(fit.fe_params[term]),
-                "ci_low": float(interval.loc[term, 0]),
-                "ci_high": float(interval.loc[term, 1]),
-                "p_value": float(fit.pvalues[term]),
-                "reference": False,
-                "converged": bool(fit.converged),
-            }
+            {"factor": factor, "level": references[factor], "estimate": 0.0, "reference": True}
         )
+        indices = [k for k, name in enumerate(names) if name != "Intercept" and name[0] == factor]
+        if reason is not None:
+            rows += [
+                {
+                    "factor": factor,
+                    "level": names[k][1],
+                    "estimate": float(estimates[k]),
+                    "reference": False,
+                    "undefined": reason,
+                }
+                for k in indices
+            ]
+            continue
+        block = sampling[np.ix_(indices, indices)] + own_variance * gram[np.ix_(indices, indices)]
+        df = residual_df
+        for position, k in enumerate(indices):
+            spread = np.sqrt(float(block[position, position]))
+            t_value = float(estimates[k]) / spread if spread > 0 else float("nan")
+            half = float(stats.t.ppf(0.5 + level / 2, df)) * spread
+            rows.append(
+                {
+                    "factor": factor,
+                    "level": names[k][1],
+                    "estimate": float(estimates[k]),
+                    "ci_low": float(estimates[k]) - half,
+                    "ci_high": float(estimates[k]) + half,
+                    "p_value": float(2 * stats.t.sf(abs(t_value), df)),
+                    "df": df,
+                    "reference": False,
+                }
+            )
+        chosen = estimates[indices]
+        f_value = float(chosen @ np.linalg.pinv(block) @ chosen) / len(indices)
+        for row in rows:
+            if row["factor"] == factor:
+                row["factor_p"] = float(stats.f.sf(f_value, len(indices), residual_df))
     return pd.DataFrame(rows)
 
 
-def analyse_grid(
-    folders: dict[str, Path],
-    store_dir: Path,
-    out_dir: Path,
-    params: dict[str, Any],
-    left_out: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    from medtailor.evaluate.whole_image import (
-        compare_whole_image_models,
-        evaluate_whole_image_model,
-    )
+def analyse_grid(run: StudyRun) -> dict[str, Any]:
+    from medtailor.evaluate.whole_image import compare_whole_image_models
 
-    cfg, seed = params["evaluate"], int(params["seed"])
-    levels = grid_levels(params["studies"]["grid"])
-    factors = list(params["studies"]["grid"]["factors"])
-    scored = score_configurations(folders, store_dir, params)
+    cfg, seed = run.cfg, run.seed
+    levels = grid_levels(run.params["studies"]["grid"])
+    factors = list(run.params["studies"]["grid"]["factors"])
+    scored = run.scored()
     frames = {name: result.frame for name, result in scored.items()}
     table = pd.DataFrame(
         [
@@ -108,31 +178,29 @@ def analyse_grid(
         ]
     )
     varied = [f for f in factors if table[f].nunique() > 1]
-    effects = []
-    for factor in varied:
-        try:
-            effects.append(mixed_effects_table(table, factor, [f for f in varied if f != factor]))
-        except (ValueError, np.linalg.LinAlgError) as exc:
-            effects.append(pd.DataFrame([{"factor": factor, "undefined": str(exc)}]))
-    effects_table = pd.concat(effects, ignore_index=True) if effects else pd.DataFrame()
+    covariance = paired_auc_covariance(frames, int(cfg["bootstrap_replicates"]), seed)
+    effects_table = (
+        factor_effects_table(table, varied, covariance, float(cfg["confidence_level"]))
+        if varied
+        else pd.DataFrame()
+    )
     ranked = table.dropna(subset=["test_auc"]).sort_values("test_auc", ascending=False)
     best = ranked["configuration"].head(2).tolist()
     comparisons = []
     if len(best) == 2:
-        results = {n: evaluate_whole_image_model(n, frames[n], cfg, seed) for n in best}
-        comparisons = compare_whole_image_models({n: frames[n] for n in best}, results, cfg, seed)
-    effects_table.to_csv(out_dir / "mixed_effects.csv", index=False)
-    figure = grid_boxplots(table, varied, out_dir)
+        comparisons = compare_whole_image_models({n: frames[n] for n in best}, cfg, seed)
+    effects_table.to_csv(run.out_dir / "factor_effects.csv", index=False)
+    figure = grid_boxplots(table, varied, run.out_dir)
     summary = {
         "table": table.to_dict("records"),
-        "mixed_effects": effects_table.to_dict("records"),
+        "factor_effects": effects_table.to_dict("records"),
         "best": best,
         "comparisons": comparisons,
-        "left_out": {n: e["missing"] for n, e in (left_out or {}).items()},
+        "left_out": {n: e["missing"] for n, e in run.left_out.items()},
         "figures": [figure] if figure else [],
     }
     lines = grid_report(table, effects_table, comparisons, summary, factors, cfg)
-    return write_study_report(out_dir, table, summary, lines)
+    return write_study_report(run.out_dir, table, summary, lines)
 
 
 def grid_boxplots(table: pd.DataFrame, factors: list[str], out_dir: Path) -> str | None:
@@ -184,43 +252,42 @@ def grid_report(
         lines.append(f"| {name} | " + " | " * len(factors) + f"not run: needs {what} |")
     lines += [
         "",
-        "## Mixed-effects models",
+        "## Factor effects",
         "",
-        "Per factor, a linear mixed-effects model of test AUC (statsmodels MixedLM, REML) "
-        "with the factor fixed and every other varied factor a crossed random intercept; "
-        "each level's estimate is its difference from the reference level (first in sorted "
-        "order), with a Wald CI and p-value.",
+        "One linear model of test AUC on the main effects of every varied factor; each "
+        "configuration's error is its own variation (estimated from the residuals) plus its "
+        "test-set sampling error, correlated across configurations scored on the same "
+        "patients (patient-bootstrap covariance). Each level's estimate is its difference "
+        f"from the reference level (first in sorted order), with a {level}% CI and a t-test; "
+        "the factor's p is the F test of all its levels, both on the residual degrees of "
+        "freedom, so a grid of few configurations gives wide intervals. A factor "
+        f"with fewer than {MIN_CONFIGURATIONS_PER_LEVEL} configurations per level, or a grid "
+        "with no residual degree of freedom, gets no test.",
         "",
-        "| factor | level | estimate | CI | p |",
-        "|---|---|---|---|---|",
+        "| factor | level | estimate | CI | p | df | factor p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in effects.to_dict("records"):
-        if isinstance(row.get("undefined"), str):
-            lines.append(f"| {row['factor']} | | model failed: {row['undefined']} | | |")
-        elif row.get("reference"):
-            lines.append(f"| {row['factor']} | {row['level']} (reference) | 0 | | |")
+        if row.get("reference"):
+            lines.append(f"| {row['factor']} | {row['level']} (reference) | 0 | | | | |")
+        elif isinstance(row.get("undefined"), str):
+            lines.append(
+                f"| {row['factor']} | {row['level']} | {row['estimate']:.4f} | "
+                f"no test: {row['undefined']} | | | |"
+            )
         else:
             lines.append(
                 f"| {row['factor']} | {row['level']} | {row['estimate']:.4f} | "
-                f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}] | {row['p_value']:.3g} |"
+                f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}] | {row['p_value']:.3g} | "
+                f"{int(row['df'])} | {row['factor_p']:.3g} |"
             )
     if comparisons:
         lines += [
             "",
             f"## The two best configurations ({' vs '.join(summary['best'])}), test split",
             "",
-            "| class | AUC a - b | DeLong p | McNemar p |",
-            "|---|---|---|---|",
+            *comparison_table(comparisons, cfg),
         ]
-        for row in comparisons:
-            if "undefined" in row:
-                lines.append(f"| {row['target']} | {row['undefined']} | | |")
-                continue
-            mcnemar = row.get("mcnemar_p")
-            lines.append(
-                f"| {row['target']} | {row['difference']:.3f} | {row['delong_p']:.3g} | "
-                f"{'' if mcnemar is None else f'{mcnemar:.3g}'} |"
-            )
     lines += [""] + [f"![AUC by factor]({f})" for f in summary["figures"]]
     return lines
 

@@ -27,10 +27,9 @@ import torch
 from medtailor.study.analysis import (
     auc_columns,
     auc_vs_parameters_figure,
-    score_configurations,
     write_study_report,
 )
-from medtailor.study.registry import register_study
+from medtailor.study.registry import StudyRun, register_study
 from medtailor.study.zoo import init_label
 
 CKA_INITS = ("imagenet", "scratch")
@@ -84,26 +83,20 @@ def cka_before_after(
     ]
 
 
-def analyse_transfusion(
-    folders: dict[str, Path],
-    store_dir: Path,
-    out_dir: Path,
-    params: dict[str, Any],
-    left_out: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def analyse_transfusion(run: StudyRun) -> dict[str, Any]:
     from medtailor.patches.store import PatchStore
     from medtailor.study import study_configurations
     from medtailor.targets import output_count
     from medtailor.train.data import PatchDataset
 
-    cfg, seed = params["evaluate"], int(params["seed"])
-    study = params["studies"]["transfusion"]
-    entries = study_configurations(params, "transfusion")
-    store = PatchStore(store_dir)
+    cfg, seed = run.cfg, run.seed
+    study = run.params["studies"]["transfusion"]
+    entries = study_configurations(run.params, "transfusion")
+    store = PatchStore(run.store_dir)
     num_classes = output_count(store.task())
     rows, curves, cka_rows = [], [], []
-    for name, result in score_configurations(folders, store_dir, params).items():
-        entry, facts, folder = entries[name], result.facts, folders[name]
+    for name, result in run.scored().items():
+        entry, facts, folder = entries[name], result.facts, run.folders[name]
         history = pd.read_csv(folder / "history.csv")
         init = str(entry["init"])
         rows.append(
@@ -133,7 +126,7 @@ def analyse_transfusion(
                 {"configuration": name, "init": init, "layer": k, "cka": v}
                 for k, v in enumerate(values)
             ]
-    for name, entry in (left_out or {}).items():
+    for name, entry in run.left_out.items():
         rows.append(
             {
                 "configuration": name,
@@ -145,12 +138,12 @@ def analyse_transfusion(
     table = pd.DataFrame(rows)
     cka = pd.DataFrame(cka_rows, columns=["configuration", "init", "layer", "cka"])
     history = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    cka.to_csv(out_dir / "cka.csv", index=False)
-    history.to_csv(out_dir / "convergence.csv", index=False)
-    figures = transfusion_figures(table, history, cka, float(study["target_auc"]), out_dir)
+    cka.to_csv(run.out_dir / "cka.csv", index=False)
+    history.to_csv(run.out_dir / "convergence.csv", index=False)
+    figures = transfusion_figures(table, history, cka, float(study["target_auc"]), run.out_dir)
     summary = {"table": table.to_dict("records"), "cka": cka.to_dict("records"), "figures": figures}
     lines = transfusion_report(table, cka, figures, study, cfg)
-    return write_study_report(out_dir, table, summary, lines)
+    return write_study_report(run.out_dir, table, summary, lines)
 
 
 def transfusion_figures(

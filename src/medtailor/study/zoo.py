@@ -21,28 +21,21 @@ import pandas as pd
 from medtailor.study.analysis import (
     auc_columns,
     auc_vs_parameters_figure,
-    score_configurations,
     with_interval,
     write_study_report,
 )
 from medtailor.study.imagenet import SOURCE
-from medtailor.study.registry import register_study
+from medtailor.study.registry import StudyRun, register_study
 
 
-def analyse_zoo(
-    folders: dict[str, Path],
-    store_dir: Path,
-    out_dir: Path,
-    params: dict[str, Any],
-    left_out: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def analyse_zoo(run: StudyRun) -> dict[str, Any]:
     from medtailor.evaluate.whole_image import mean_auc_difference_with_ci
     from medtailor.study.analysis import spearman_with_ci
     from medtailor.study.imagenet import imagenet_top1, pretrained_weight
 
-    cfg, seed = params["evaluate"], int(params["seed"])
+    cfg, seed = run.cfg, run.seed
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
-    scored = score_configurations(folders, store_dir, params)
+    scored = run.scored()
     rows = []
     for name, result in scored.items():
         facts = result.facts
@@ -60,7 +53,7 @@ def analyse_zoo(
                 "status": "trained",
             }
         )
-    for name, entry in (left_out or {}).items():
+    for name, entry in run.left_out.items():
         rows.append(
             {
                 "configuration": name,
@@ -121,10 +114,10 @@ def analyse_zoo(
     correlations["boost_vs_parameters"] = spearman_with_ci(
         with_boost["parameters"], with_boost["pretraining_boost"], replicates, level, seed
     )
-    figures = zoo_figures(table, out_dir)
+    figures = zoo_figures(table, run.out_dir)
     summary = {"table": table.to_dict("records"), "correlations": correlations, "figures": figures}
     flat = write_study_report(
-        out_dir, table, summary, zoo_report(table, correlations, figures, cfg)
+        run.out_dir, table, summary, zoo_report(table, correlations, figures, cfg)
     )
     for row in table[table["status"] == "trained"].itertuples():
         if row.init == "imagenet" and not pd.isna(row.pretraining_boost):

@@ -39,7 +39,14 @@ from medtailor.complexity import complexity
 from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
-from medtailor.runtime import OPTIMIZERS, discard_stale_state, distributed_context, epoch_seed
+from medtailor.runtime import (
+    OPTIMIZERS,
+    discard_stale_state,
+    distributed_context,
+    epoch_seed,
+    load_training_state,
+    save_training_state,
+)
 from medtailor.targets import CANDIDATE_TASK, output_count
 from medtailor.train.architecture import build_classifier, classifier_checkpoint
 from medtailor.train.data import PatchDataset, balanced_indices
@@ -290,14 +297,13 @@ def train_model(
     if world > 1:
         dist.barrier()  # rank 0 has removed stale state before anyone reads it
     start, history, best_auc = 1, [], -1.0
-    if last_path.is_file():
-        state = torch.load(last_path, map_location=device, weights_only=True)
+    resumed = load_training_state(last_path, device)
+    if resumed is not None:
+        state, start, history = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        start = int(state["epoch"]) + 1
-        history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
         best_auc = float(state["best_auc"])
         log.info("%s: resumed at epoch %d (of %d) from %s", name, start, epochs, last_path)
 
@@ -362,19 +368,15 @@ def train_model(
                     ),
                     best_path,
                 )
-            keys = list(history[0])
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.module.state_dict() if ema is not None else {},
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "best_auc": best_auc,
-                    "history_keys": keys,
-                    "history": [[row[k] for k in keys] for row in history],
-                    "resume_key": key,
-                },
+            save_training_state(
                 last_path,
+                key,
+                epoch,
+                history,
+                model=model.state_dict(),
+                ema=ema.module.state_dict() if ema is not None else {},
+                optimizer=optimizer.state_dict(),
+                best_auc=best_auc,
             )
             sink(metrics, epoch)
 

@@ -36,7 +36,14 @@ from medtailor.complexity import complexity
 from medtailor.config import params_hash
 from medtailor.dice import dice_per_case
 from medtailor.imageio import atomic_output, save_nifti, save_torch
-from medtailor.runtime import OPTIMIZERS, discard_stale_state, distributed_context, epoch_seed
+from medtailor.runtime import (
+    OPTIMIZERS,
+    discard_stale_state,
+    distributed_context,
+    epoch_seed,
+    load_training_state,
+    save_training_state,
+)
 from medtailor.split import SPLITS
 from medtailor.train_seg.data import (
     class_values,
@@ -222,12 +229,11 @@ def train_segmentation(
     discard_stale_state(state_dir, key, name)
     last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
     start, history, best_dice = 1, [], -1.0
-    if last_path.is_file():
-        state = torch.load(last_path, map_location=device, weights_only=True)
+    resumed = load_training_state(last_path, device)
+    if resumed is not None:
+        state, start, history = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"]) + 1
-        history = [dict(zip(state["history_keys"], row, strict=True)) for row in state["history"]]
         best_dice = float(state["best_dice"])
         log.info("%s: resumed at epoch %d (of %d) from %s", name, start, epochs, last_path)
 
@@ -279,18 +285,14 @@ def train_segmentation(
                 segmentation_checkpoint(model, entry, data, epoch=epoch, val_dice=score, **counts),
                 best_path,
             )
-        keys = list(history[0])
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_dice": best_dice,
-                "history_keys": keys,
-                "history": [[row[k] for k in keys] for row in history],
-                "resume_key": key,
-            },
+        save_training_state(
             last_path,
+            key,
+            epoch,
+            history,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            best_dice=best_dice,
         )
         sink({k: v for k, v in metrics.items() if np.isfinite(v)}, epoch)
 
