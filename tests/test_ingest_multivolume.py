@@ -126,26 +126,44 @@ def test_philips_enhanced_frame_sets_match_dcm2niix(tmp_path, params):
         check_against(volume, tmp_path / "out", *reference(ref), values=values)
 
 
-def write_two_volume_series(raw: Path) -> list[np.ndarray]:
-    """One series (one UID), two images at every position: acquisitions 1 and 2."""
+def write_one_series(
+    raw: Path, volumes: list[np.ndarray], uid: str, seed: int, edit
+) -> list[list[Path]]:
+    """Volumes written as the images of one series (one SeriesInstanceUID, a folder per
+    volume); ``edit(ds, v)`` sets what each image of volume v says about it."""
     import pydicom
 
-    from .helpers import affine_for, ct_volume, write_series
+    from .helpers import affine_for, write_series
 
-    volumes = [ct_volume(seed=11), ct_volume(seed=12)]
-    for acquisition, volume in enumerate(volumes, start=1):
+    written = []
+    for v, volume in enumerate(volumes):
         paths = write_series(
-            raw / f"acq{acquisition}",
+            raw / f"v{v}",
             volume,
             affine_for("axial"),
-            series_uid="1.2.3.77",
-            study_uid="1.2.3.7",
-            seed=acquisition,
+            series_uid=uid,
+            study_uid=uid + ".0",
+            seed=seed + v,
         )
         for path in paths:
             ds = pydicom.dcmread(path)
-            ds.AcquisitionNumber = acquisition
+            ds.SOPInstanceUID = f"{uid}.{v}.{ds.InstanceNumber}"
+            edit(ds, v)
             ds.save_as(path)
+        written.append(paths)
+    return written
+
+
+def write_two_volume_series(raw: Path) -> list[np.ndarray]:
+    """One series (one UID), two images at every position: acquisitions 1 and 2."""
+    from .helpers import ct_volume
+
+    volumes = [ct_volume(seed=11), ct_volume(seed=12)]
+
+    def acquisition(ds, v):
+        ds.AcquisitionNumber = v + 1
+
+    write_one_series(raw, volumes, "1.2.3.77", 1, acquisition)
     return volumes
 
 
@@ -181,3 +199,134 @@ def test_nibabels_examples_match_dcm2niix_run_here(tmp_path, params, name):
     manifest = ingested_volumes(raw, tmp_path / "out", params)
     (ref,) = sorted(ref_dir.glob("ref*.nii"))
     check_against(manifest, tmp_path / "out", *reference(ref))
+
+
+def write_dwi_series(raw: Path, acquisition_quirk: bool) -> list[np.ndarray]:
+    """A classic (one file per image) diffusion series as Philips writes it: b = 0 then
+    three gradient directions at b = 1000, InstanceNumber counting volume after volume,
+    TemporalPositionIdentifier 1 everywhere; with ``acquisition_quirk`` some images at a
+    few adjacent positions carry AcquisitionNumber 19 instead of 22 (as in the public
+    Philips DTI exports that mixed volumes)."""
+    import pydicom
+
+    from .helpers import ct_volume
+
+    directions = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+    volumes = [ct_volume(seed=30 + v) for v in range(len(directions))]
+    slices = volumes[0].shape[2]
+
+    def diffusion(ds, v):
+        ds.Modality = "MR"
+        ds.TemporalPositionIdentifier = 1
+        ds.DiffusionBValue = 0 if v == 0 else 1000
+        ds.DiffusionGradientOrientation = list(directions[v])
+        ds.AcquisitionNumber = 22
+
+    for v, paths in enumerate(write_one_series(raw, volumes, "1.2.3.88", 40, diffusion)):
+        # InstanceNumber in acquisition order: volume by volume, slice by slice.
+        ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+        for z, path in enumerate(ordered):
+            ds = pydicom.dcmread(path)
+            ds.InstanceNumber = v * slices + z + 1
+            if acquisition_quirk and v >= 2 and z in (3, 4, 5):
+                ds.AcquisitionNumber = 19
+            ds.save_as(path)
+    return volumes
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_diffusion_volumes_follow_b_value_and_gradient_not_acquisition_number(
+    tmp_path, params, quirk
+):
+    """Each volume holds the slices of one b-value and direction, in acquisition order,
+    whatever AcquisitionNumber says at a few positions."""
+    raw = tmp_path / "raw"
+    volumes = write_dwi_series(raw, acquisition_quirk=quirk)
+    manifest = ingested_volumes(raw, tmp_path / "out", params).sort_values("volume_index")
+    assert manifest["volume_index"].tolist() == [0, 1, 2, 3]
+    assert set(manifest["varies"]) == {"DiffusionBValue"}
+    for volume, row in zip(volumes, manifest.itertuples(), strict=True):
+        array, _ = load_nifti(tmp_path / "out" / row.image_path)
+        np.testing.assert_array_equal(array, volume)
+
+
+def test_a_diffusion_series_whose_volumes_cannot_be_assembled_is_refused(tmp_path, params):
+    import pydicom
+
+    raw = tmp_path / "raw"
+    write_dwi_series(raw, acquisition_quirk=False)
+    # One image of direction 3 claims direction 2: that position has two of direction 2.
+    path = sorted((raw / "v3").iterdir())[0]
+    ds = pydicom.dcmread(path)
+    ds.DiffusionGradientOrientation = [0.0, 1.0, 0.0]
+    ds.save_as(path)
+    from medtailor.ingest import IngestError
+
+    with pytest.raises(IngestError, match="every file was rejected"):
+        run_ingest(raw, tmp_path / "out", params)
+    audit = pd.read_csv(tmp_path / "out" / "audit.csv")
+    assert audit["reason"].str.contains("different b-values or gradient directions").any()
+
+
+def write_ge_pepolar_series(raw: Path, mode: int | None) -> list[np.ndarray]:
+    """Four volumes of one GE EPI series, the pulse sequence "research/ABCD/epi_pepolar"
+    in (0019,109C) and the polarity ``mode`` in (0019,10B3) (none when None)."""
+    from .helpers import ct_volume
+
+    volumes = [ct_volume(seed=60 + v) for v in range(4)]
+
+    def ge_pepolar(ds, v):
+        ds.Modality, ds.Manufacturer = "MR", "GE MEDICAL SYSTEMS"
+        ds.AcquisitionNumber = v + 1
+        block = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        block.add_new(0x9C, "LO", "research/ABCD/epi_pepolar")
+        if mode is not None:
+            block.add_new(0xB3, "DS", str(mode))
+
+    write_one_series(raw, volumes, "1.2.3.99", 70, ge_pepolar)
+    return volumes
+
+
+@pytest.mark.parametrize(
+    ("mode", "reversed_volumes"),
+    [(0, []), (1, [0, 1, 2, 3]), (2, [0, 2]), (3, [1, 3])],
+)
+def test_ge_reverse_polarity_volumes_are_flipped_into_a_series_of_their_own(
+    tmp_path, params, mode, reversed_volumes
+):
+    """GE stores epi_pepolar volumes of reversed polarity with their rows back to front:
+    ingest flips those volumes (anatomy back in place) and files them as series number +
+    1000, as dcm2niix does, and says so in the manifest."""
+    raw = tmp_path / "raw"
+    volumes = write_ge_pepolar_series(raw, mode)
+    manifest = ingested_volumes(raw, tmp_path / "out", params)
+    assert len(manifest) == 4 and manifest["series_id"].nunique() == (
+        2 if 0 < len(reversed_volumes) < 4 else 1
+    )
+    flipped = manifest[manifest["corrections"] != ""]
+    assert len(flipped) == len(reversed_volumes)
+    assert set(flipped["corrections"]) <= {
+        "GE epi_pepolar: stored with rows reversed; flipped, filed as series number + 1000"
+    }
+    found = []
+    for row in manifest.itertuples():
+        array, _ = load_nifti(tmp_path / "out" / row.image_path)
+        matches = [v for v, volume in enumerate(volumes) if np.array_equal(array, volume)]
+        mirrored = [v for v, volume in enumerate(volumes) if np.array_equal(array, volume[:, ::-1])]
+        found.append((matches, mirrored, row.corrections != ""))
+    for v in range(4):
+        if v in reversed_volumes:
+            assert ([], [v], True) in found
+        else:
+            assert ([v], [], False) in found
+
+
+def test_a_ge_pepolar_series_without_its_mode_is_refused(tmp_path, params):
+    from medtailor.ingest import IngestError
+
+    raw = tmp_path / "raw"
+    write_ge_pepolar_series(raw, None)
+    with pytest.raises(IngestError):
+        run_ingest(raw, tmp_path / "out", params)
+    audit = pd.read_csv(tmp_path / "out" / "audit.csv")
+    assert audit["reason"].str.contains("which volumes are mirrored front to back").any()

@@ -33,6 +33,7 @@ MANIFEST_COLUMNS = [
     "n_boxes",
     "volume_index",
     "varies",
+    "corrections",
     "source",
     "source_format",
     "n_files",
@@ -66,6 +67,8 @@ def write_manifest(rows: list[dict], path: Path) -> Path:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     frame = pd.read_parquet(path)
+    if "corrections" not in frame:  # written before ingest corrected anything
+        frame["corrections"] = ""
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: not a medtailor manifest, missing columns {sorted(missing)}")

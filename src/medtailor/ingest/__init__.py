@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,12 +28,16 @@ from medtailor.ingest.audit import Audit, Rejected, printable
 from medtailor.ingest.dicom import (
     Decoder,
     DicomFile,
+    check_slice_count,
     decoded,
     group_series,
+    gunzip_into,
     identifiers_of,
+    is_gzip,
     load_projection,
     load_wrapped_volumes,
     order_slices,
+    pepolar_reversed,
     read_dataset,
     read_dicom_header,
     series_key,
@@ -46,12 +51,17 @@ from medtailor.ingest.imagefiles import (
     load_radiograph_file,
     load_volume_file,
 )
-from medtailor.ingest.nifti import align_label, is_nifti, load_nifti_checked
+from medtailor.ingest.nifti import align_label, checked_labels, is_nifti, load_nifti_checked
 from medtailor.ingest.pseudonym import Pseudonymizer
 from medtailor.spatial import affine_spacing, orientation_code
 from medtailor.tables import CLASSES_FILE, write_boxes, write_classes, write_manifest
 
 log = logging.getLogger(__name__)
+
+
+PEPOLAR_CORRECTION = (
+    "GE epi_pepolar: stored with rows reversed; flipped, filed as series number + 1000"
+)
 
 
 class IngestError(RuntimeError):
@@ -109,7 +119,7 @@ class _Writer:
     boxes: list[dict[str, Any]] = field(default_factory=list)
     classes: list[dict[str, Any]] = field(default_factory=list)
     used_sources: set[str] = field(default_factory=set)
-    accepted_files: int = 0
+    accepted_files: set[str] = field(default_factory=set)
     image_ids: set[str] = field(default_factory=set)
 
     def emit(
@@ -125,12 +135,13 @@ class _Writer:
         source: str,
         keys: Iterable[str],
         source_format: str,
-        n_files: int,
+        files: list[str],
         spacing_source: str,
         transfer_syntax: str = "",
         photometric: str = "",
         volume_index: int = 0,
         varies: str = "",
+        corrections: str = "",
     ) -> None:
         keys = list(dict.fromkeys(keys))
         patient_key = subject.patient_key or f"study:{subject.study_key}"
@@ -184,6 +195,7 @@ class _Writer:
                 "spacing_source": spacing_source,
                 "volume_index": volume_index,
                 "varies": varies,
+                "corrections": corrections,
                 "orientation": orientation_code(affine, ndim),
                 "affine": [float(v) for v in np.asarray(affine).ravel()],
                 "image_path": image_rel,
@@ -191,13 +203,13 @@ class _Writer:
                 "n_boxes": n_boxes,
                 "source": ";".join(self.audit.redact_path(part) for part in source.split(";")),
                 "source_format": source_format,
-                "n_files": n_files,
+                "n_files": len(files),
                 "transfer_syntax": transfer_syntax,
                 "photometric": photometric,
             }
         )
         self.image_ids.add(image_id)
-        self.accepted_files += n_files
+        self.accepted_files.update(files)  # a file holding several volumes counts once
 
     def _write_label(
         self, image_id: str, key: str, shape: tuple[int, ...], affine: np.ndarray
@@ -205,7 +217,7 @@ class _Writer:
         label_file = self.annotations.labels[key]
         self.used_sources.add(f"labels:{key}")
         try:
-            label, label_affine = load_nifti_checked(self.root / label_file, integer=True)
+            label, label_affine = load_label_map(self.root / label_file, label_file)
             aligned, _how = align_label(label, label_affine, shape, affine)
         except Rejected as exc:
             self.audit.reject(label_file, f"label map of {key!r} rejected: {exc}")
@@ -282,7 +294,7 @@ def _ingest_projection(
         source=f.rel,
         keys=[f.rel],
         source_format="dicom",
-        n_files=1,
+        files=[f.rel],
         spacing_source=spacing_source,
         transfer_syntax=f.transfer_syntax,
         photometric=f.photometric,
@@ -312,44 +324,87 @@ def _ingest_series(
         writer.audit.reject(
             extra.rel, f"duplicate slice of {original.rel} (same position and pixels); dropped"
         )
-    _emit_volumes(volumes, series, writer, cfg, stack.varies, len(stack.slices))
+    mode = series[0].ge_pepolar_mode
+    if mode is None:
+        _emit_volumes(volumes, stack.volumes, series, writer, cfg, stack.varies)
+        return
+    # GE epi_pepolar: the reversed volumes hold their rows back to front; flipped, they
+    # become a series of their own (number + 1000), as dcm2niix files them.
+    reversed_ = pepolar_reversed(mode, len(volumes))
+    for flipped in (False, True):
+        chosen = [k for k, is_reversed in enumerate(reversed_) if is_reversed == flipped]
+        if chosen:
+            _emit_volumes(
+                [
+                    (np.flip(volumes[k][0], axis=1) if flipped else volumes[k][0], volumes[k][1])
+                    for k in chosen
+                ],
+                [stack.volumes[k] for k in chosen],
+                series,
+                writer,
+                cfg,
+                stack.varies,
+                series_offset=1000 if flipped else 0,
+                corrections=PEPOLAR_CORRECTION if flipped else "",
+            )
 
 
 def _ingest_wrapped_series(series: list[DicomFile], writer: _Writer, cfg: dict[str, Any]) -> None:
     """Siemens mosaics or enhanced multi-frame files of one series: each file holds one or
     more volumes (read through nibabel), files ordered as volumes are."""
-    files = sorted(series, key=volume_order)
+    files = []
+    for f in sorted(series, key=volume_order):
+        twin = next((g for g in files if f.sop_instance and g.sop_instance == f.sop_instance), None)
+        if twin is not None:  # one object stored twice (e.g. in two transfer syntaxes)
+            writer.audit.reject(f.rel, f"duplicate of {twin.rel} (same SOPInstanceUID); dropped")
+        else:
+            files.append(f)
     tolerance = float(cfg["slice_spacing_tolerance"])
-    volumes = [volume for f in files for volume in load_wrapped_volumes(f.path, tolerance)]
+    volumes, volume_files = [], []
+    for f in files:
+        for volume in load_wrapped_volumes(f.path, tolerance):
+            check_slice_count(volume[0].shape[2], int(cfg["min_slices"]))
+            volumes.append(volume)
+            volume_files.append([f])
     varies = what_varies(files) if len(files) > 1 else ("frame set" if len(volumes) > 1 else "")
-    _emit_volumes(volumes, series, writer, cfg, varies, len(files))
+    _emit_volumes(volumes, volume_files, files, writer, cfg, varies)
 
 
 def _emit_volumes(
     volumes: list[tuple[np.ndarray, np.ndarray]],
+    volume_files: list[list[DicomFile]],
     series: list[DicomFile],
     writer: _Writer,
     cfg: dict[str, Any],
     varies: str,
-    n_files: int,
+    series_offset: int = 0,
+    corrections: str = "",
 ) -> None:
-    """Write a series' volumes: one image each (``ingest.multivolume: split``, the default,
-    so every later stage sees 3D images) or one 4D image (``4d``, as dcm2niix writes)."""
+    """Write a series' volumes (``volume_files``: the files each was read from): one image
+    each (``ingest.multivolume: split``, the default, so every later stage sees 3D images)
+    or one 4D image (``4d``, as dcm2niix writes). ``series_offset`` files them under the
+    series number plus it (a series of their own); ``corrections`` says what ingest changed
+    in them (the manifest's column)."""
     key = series_key(series[0])
+    if series_offset:
+        number = int(float(series[0].series_number or 0)) + series_offset
+        key = (*key[:3], str(number), *key[4:])
     folders = sorted({f.folder for f in series})
+    # A file at the input root is traced by its own name, not by the root folder ".".
+    sources = [series[0].rel if folder == "." else folder for folder in folders]
     common: dict[str, Any] = {
         "series_id": writer.pseudo("series", repr(key)),
         "subject": _subject_of_dicom(series[0]),
         "modality": series[0].modality,
         "kind": "volume",
-        "source": folders[0] if len(folders) == 1 else ";".join(folders),
+        "source": ";".join(sources),
         "keys": [*folders, *(f.rel for f in series)],
         "source_format": "dicom",
-        "n_files": n_files,
         "spacing_source": series[0].spacing_source,
         "transfer_syntax": series[0].transfer_syntax,
         "photometric": series[0].photometric,
         "varies": varies,
+        "corrections": corrections,
     }
     if len(volumes) > 1 and cfg["multivolume"] == "4d":
         affine = volumes[0][1]
@@ -364,16 +419,18 @@ def _emit_volumes(
             array=stacked,
             affine=affine,
             volume_index=-1,
+            files=list(dict.fromkeys(f.rel for files in volume_files for f in files)),
             **common,
         )
         return
-    for index, (array, affine) in enumerate(volumes):
+    for index, ((array, affine), files) in enumerate(zip(volumes, volume_files, strict=True)):
         name = f"series:{key!r}" if len(volumes) == 1 else f"series:{key!r}:volume{index}"
         writer.emit(
             image_id=writer.pseudo("image", name),
             array=array,
             affine=affine,
             volume_index=index,
+            files=[f.rel for f in files],
             **common,
         )
 
@@ -401,7 +458,7 @@ def _ingest_file_image(
     spacing_source: str,
     by_folder: bool,
     photometric: str = "",
-    n_files: int = 1,
+    detached: bool = False,
 ) -> None:
     writer.emit(
         image_id=writer.pseudo("image", f"{source_format}:{rel}"),
@@ -414,7 +471,7 @@ def _ingest_file_image(
         source=rel,
         keys=[rel],
         source_format=source_format,
-        n_files=n_files,
+        files=[rel, f"{rel} (detached data)"] if detached else [rel],
         spacing_source=spacing_source,
         photometric=photometric,
     )
@@ -460,8 +517,17 @@ def _ingest_volume_file(rel: str, writer: _Writer, cfg: dict[str, Any]) -> None:
         source_format="metaimage",
         spacing_source="image header",
         by_folder=False,
-        n_files=2 if detached else 1,
+        detached=detached,
     )
+
+
+def load_label_map(path: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
+    """A label map through the reader of its format (NIfTI, MetaImage or NRRD, as images
+    are read), with its RAS affine, checked to hold non-negative integer labels."""
+    if is_volume_file(rel):
+        array, affine = load_volume_file(path)
+        return checked_labels(array), affine
+    return load_nifti_checked(path, integer=True)
 
 
 FILE_READERS = {
@@ -510,11 +576,12 @@ def file_format(rel: str) -> str | None:
 
 
 def _triage(
-    files: list[tuple[Path, str]], audit: Audit
+    files: list[tuple[Path, str]], audit: Audit, scratch: Path
 ) -> tuple[list[DicomFile], list[tuple[str, str]]]:
     """Header-level triage of every file; identifiers are collected from every header
     pydicom can parse, whether the file is then used or rejected. Files of other formats
-    (NIfTI, image files, MetaImage/NRRD) are returned as (reader, path)."""
+    (NIfTI, image files, MetaImage/NRRD) are returned as (reader, path). A gzip-compressed
+    file (``.dcm.gz``) is decompressed into ``scratch`` and read from there."""
     dicoms: list[DicomFile] = []
     others: list[tuple[str, str]] = []
     for path, rel in tqdm(files, desc="ingest: triage", unit="file"):
@@ -523,6 +590,8 @@ def _triage(
             others.append((reader, rel))
             continue
         try:
+            if is_gzip(path):
+                path = gunzip_into(path, scratch)
             ds = read_dataset(path)
             audit.remember_identifiers(identifiers_of(ds))
             record, _ = read_dicom_header(path, rel, ds)
@@ -588,7 +657,24 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     audit.remember_paths(rel for _, rel in files)
     audit.remember_paths({str(PurePosixPath(rel).parent) for _, rel in files} - {"."})
     n_bytes = sum(path.stat().st_size for path, _ in files)
-    dicoms, others = _triage(files, audit)
+    with tempfile.TemporaryDirectory(prefix="medtailor-gunzip-") as scratch:
+        return _ingest_files(
+            files, n_bytes, started, writer, audit, annotations, cfg, Path(scratch)
+        )
+
+
+def _ingest_files(
+    files: list[tuple[Path, str]],
+    n_bytes: int,
+    started: float,
+    writer: _Writer,
+    audit: Audit,
+    annotations: Any,
+    cfg: dict[str, Any],
+    scratch: Path,
+) -> dict[str, Any] | None:
+    out_dir = writer.out
+    dicoms, others = _triage(files, audit, scratch)
 
     projections = [f for f in dicoms if f.is_projection]
     grouped = group_series(
@@ -635,7 +721,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     kinds = [row["kind"] for row in writer.manifest]
     return {
         "files_seen": len(files),
-        "files_accepted": writer.accepted_files,
+        "files_accepted": len(writer.accepted_files),
         "files_rejected": len({r["source"] for r in audit.rows} & {rel for _, rel in files}),
         "audit_entries": len(audit.rows),
         "images": len(writer.manifest),

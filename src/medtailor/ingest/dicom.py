@@ -33,6 +33,32 @@ IDENTIFIER_TAGS = [
 ]
 
 
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(2) == GZIP_MAGIC
+
+
+def gunzip_into(path: Path, folder: Path) -> Path:
+    """The decompressed copy of a gzip-compressed file (some archives and QA corpora store
+    DICOM as ``.dcm.gz``), written into ``folder``; Rejected when it does not decompress."""
+    import gzip
+    import hashlib
+    import shutil
+
+    target = folder / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.dcm"
+    try:
+        with gzip.open(path, "rb") as source, open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy, 1 << 20)
+    except (OSError, EOFError) as exc:
+        target.unlink(missing_ok=True)
+        raise Rejected("gzip-compressed file that does not decompress", str(exc)) from exc
+    return target
+
+
 @dataclass
 class DicomFile:
     """What triage keeps of one DICOM file; raw keys stay in memory, only hashes leave."""
@@ -63,6 +89,11 @@ class DicomFile:
     acquisition_number: float | None = None
     b_value: float | None = None
     instance_number: float | None = None
+    # The diffusion gradient direction (unit vector, or zeros for b = 0), when given.
+    gradient: tuple[float, float, float] | None = None
+    # GE's reverse-polarity EPI (pulse sequence "epi_pepolar"): its polarity mode
+    # (0019,10B3), None for any other series.
+    ge_pepolar_mode: float | None = None
 
     @property
     def is_projection(self) -> bool:
@@ -109,6 +140,52 @@ def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     if len(numbers) != count or not np.all(np.isfinite(numbers)):
         return None
     return numbers
+
+
+# Philips classic MR keeps the diffusion values in private tags of its "MR Imaging DD 001"
+# and "MR Imaging DD 005" blocks (as dcm2niix reads them) when the standard ones are absent.
+PHILIPS_B_VALUE = (0x2001, "Philips Imaging DD 001", 0x03)
+PHILIPS_GRADIENT = [
+    (0x2005, "Philips MR Imaging DD 001", element) for element in (0xB0, 0xB1, 0xB2)
+]
+
+
+def _private_float(ds: Dataset, group: int, creator: str, element: int) -> float | None:
+    try:
+        value = ds.get_private_item(group, element, creator).value
+        return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+GE_ACQUISITION = (0x0019, "GEMS_ACQU_01")
+
+
+def ge_pepolar_mode(ds: Dataset) -> float | None:
+    """The polarity mode of a GE ``epi_pepolar`` image (private (0019,10B3): 0 forward, 1
+    all reversed, 2 and 3 alternating), or None when the pulse sequence (0019,109C) is
+    another; NaN when the sequence is epi_pepolar but the mode is missing."""
+    try:
+        sequence = str(ds.get_private_item(GE_ACQUISITION[0], 0x9C, GE_ACQUISITION[1]).value)
+    except KeyError:
+        return None
+    if "epi_pepolar" not in sequence.lower():
+        return None
+    mode = _private_float(ds, *GE_ACQUISITION, 0xB3)
+    return float("nan") if mode is None else mode
+
+
+def diffusion_of(ds: Dataset) -> tuple[float | None, tuple[float, float, float] | None]:
+    """(b-value, gradient direction) of a diffusion image: the standard attributes, or
+    Philips' private ones; None where the file gives none."""
+    b_value = _number(ds, "DiffusionBValue")
+    if b_value is None:
+        b_value = _private_float(ds, *PHILIPS_B_VALUE)
+    gradient = _floats(ds, "DiffusionGradientOrientation", 3)
+    if gradient is None:
+        parts = [_private_float(ds, *tag) for tag in PHILIPS_GRADIENT]
+        gradient = tuple(parts) if all(v is not None for v in parts) else None  # type: ignore[assignment]
+    return b_value, gradient
 
 
 def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
@@ -220,6 +297,17 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
     except (TypeError, ValueError) as exc:
         raise Rejected(f"NumberOfFrames {_text(ds, 'NumberOfFrames')!r} is not a number") from exc
     image_type = [str(v).upper() for v in _multi(ds, "ImageType")]
+    if sop_class == SEGMENTATION_STORAGE or _text(ds, "Modality").upper() == "SEG":
+        raise Rejected(
+            "DICOM SEG object: a segmentation of another series, not an image to train on; "
+            "reading it as that series' label map is not supported: give the label map as "
+            "NIfTI, MetaImage or NRRD in annotations/labels.csv"
+        )
+    if "VFRAME" in image_type:
+        raise Rejected(
+            "UIH mosaic (ImageType VFRAME: tiles whose positions are in a private group), "
+            "not supported: convert the series with dcm2niix and ingest the NIfTI"
+        )
     layout = "mosaic" if "MOSAIC" in image_type else "multiframe" if frames > 1 else "single"
     if layout == "multiframe" and "PerFrameFunctionalGroupsSequence" not in ds:
         raise Rejected(
@@ -280,6 +368,7 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
             f"(only projection modalities, {', '.join(sorted(PROJECTION_MODALITIES))}, are "
             "ingested as 2D radiographs)"
         )
+    diffusion = diffusion_of(ds)
     record = DicomFile(
         path=path,
         rel=rel,
@@ -300,7 +389,9 @@ def read_dicom_header(path: Path, rel: str, ds: Dataset | None = None) -> tuple[
         layout=layout,
         temporal_position=_number(ds, "TemporalPositionIdentifier"),
         acquisition_number=_number(ds, "AcquisitionNumber"),
-        b_value=_number(ds, "DiffusionBValue"),
+        b_value=diffusion[0],
+        gradient=diffusion[1],
+        ge_pepolar_mode=ge_pepolar_mode(ds),
         instance_number=_number(ds, "InstanceNumber"),
         transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
         photometric=_text(ds, "PhotometricInterpretation"),
@@ -452,6 +543,92 @@ def what_varies(files: list[DicomFile]) -> str:
     return "file order"
 
 
+def diffusion_label(f: DicomFile) -> tuple | None:
+    """What makes a diffusion volume: its b-value and gradient direction (rounded), or None
+    for an image without diffusion values."""
+    if f.b_value is None and f.gradient is None:
+        return None
+    gradient = None if f.gradient is None else tuple(np.round(f.gradient, 4))
+    return (None if f.b_value is None else round(f.b_value, 1), gradient)
+
+
+def split_volumes(at_positions: list[list[DicomFile]]) -> tuple[list[list[DicomFile]], str]:
+    """The volumes of a multi-volume series from its images at each position (the same
+    number at every one), and what varies between them.
+
+    A diffusion series is split by what makes its volumes, b-value and gradient direction,
+    repeated labels (several b = 0 volumes) told apart by InstanceNumber, and its volumes
+    come in acquisition order (InstanceNumber). Any other series sorts each position's
+    images by TemporalPositionIdentifier, AcquisitionNumber and InstanceNumber, skipping an
+    attribute whose values are not the same set at every position: a Philips DWI series
+    that gives some images AcquisitionNumber 19 instead of 22 would otherwise move them to
+    the front and mix slices of different volumes. Every volume must be consistent (one
+    b-value and gradient), or the series is refused with the reason."""
+    labels = {diffusion_label(f) for position in at_positions for f in position}
+    if len(labels) > 1:
+        volumes = _split_by_label(at_positions)
+        b_values = {label[0] for label in labels if label}
+        varies = "DiffusionBValue" if len(b_values) > 1 else "DiffusionGradientOrientation"
+    else:
+        usable = [
+            field
+            for keyword, field in VOLUME_ORDER
+            if field != "b_value" and _same_set_everywhere(at_positions, field)
+        ]
+
+        def key(f: DicomFile) -> tuple:
+            return (*(_value(f, field) for field in usable), _value(f, "instance_number"), f.rel)
+
+        ordered = [sorted(position, key=key) for position in at_positions]
+        volumes = [list(volume) for volume in zip(*ordered, strict=True)]
+        varies = what_varies(ordered[0])
+    for index, volume in enumerate(volumes):
+        inside = {diffusion_label(f) for f in volume}
+        if len(inside) > 1:
+            raise Rejected(
+                f"volume {index} of this multi-volume series mixes diffusion b-values or "
+                f"gradient directions ({len(inside)} of them): its images cannot be "
+                "ordered into consistent volumes"
+            )
+    return volumes, varies
+
+
+def _value(f: DicomFile, field: str) -> float:
+    value = getattr(f, field)
+    return -1.0 if value is None else value
+
+
+def _same_set_everywhere(at_positions: list[list[DicomFile]], field: str) -> bool:
+    first = sorted(_value(f, field) for f in at_positions[0])
+    return all(sorted(_value(f, field) for f in p) == first for p in at_positions[1:])
+
+
+def _split_by_label(at_positions: list[list[DicomFile]]) -> list[list[DicomFile]]:
+    """Diffusion volumes: per position, the images of each (b-value, gradient) label in
+    InstanceNumber order are that label's 1st, 2nd, ... volume; volumes then follow the
+    acquisition (their images' median InstanceNumber)."""
+    volumes: dict[tuple, list[DicomFile]] = {}
+    counts = None
+    for position in at_positions:
+        by_label: dict[tuple, list[DicomFile]] = {}
+        for f in sorted(position, key=lambda f: (_value(f, "instance_number"), f.rel)):
+            by_label.setdefault(diffusion_label(f), []).append(f)
+        here = {label: len(images) for label, images in by_label.items()}
+        if counts is None:
+            counts = here
+        elif here != counts:
+            raise Rejected(
+                "diffusion series with different b-values or gradient directions at "
+                "different slice positions: its volumes cannot be assembled"
+            )
+        for label, images in by_label.items():
+            for k, f in enumerate(images):
+                volumes.setdefault((label, k), []).append(f)
+    return sorted(
+        volumes.values(), key=lambda v: float(np.median([_value(f, "instance_number") for f in v]))
+    )
+
+
 @dataclass
 class SliceStack:
     """A checked, ordered series: its volumes (one list of slices each, one volume unless
@@ -485,6 +662,15 @@ def even_step(positions: np.ndarray, tolerance: float) -> np.ndarray:
     return step
 
 
+def check_slice_count(slices: int, min_slices: int) -> None:
+    """The one rule for every object, classic series and multi-frame files alike."""
+    if slices < min_slices:
+        raise Rejected(
+            f"series of {slices} slice(s) at distinct positions: "
+            f"a volume needs at least {min_slices}"
+        )
+
+
 def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> SliceStack:
     """Sort along the normal, split a multi-volume series (the same number of images at
     every position: fMRI, DWI, field maps) into its volumes, drop exact duplicates, and
@@ -504,22 +690,38 @@ def order_slices(series: list[DicomFile], min_slices: int, tolerance: float) -> 
             groups.append([int(i)])
     duplicates, varies = [], ""
     if len(groups) > 1 and len({len(g) for g in groups}) == 1 and len(groups[0]) > 1:
-        at_position = [sorted((series[i] for i in g), key=volume_order) for g in groups]
-        volumes = [list(volume) for volume in zip(*at_position, strict=True)]
-        varies = what_varies(at_position[0])
+        volumes, varies = split_volumes([[series[i] for i in g] for g in groups])
     else:
         volumes = [[series[g[0]] for g in groups]]
         duplicates = [(series[i], series[g[0]]) for g in groups for i in g[1:]]
     slices = volumes[0]
     positions = np.array([f.position for f in slices], float)
-    if len(slices) < min_slices:
-        raise Rejected(
-            f"series of {len(slices)} slice(s) at distinct positions: "
-            f"a volume needs at least {min_slices}"
-        )
+    check_slice_count(len(slices), min_slices)
     step = even_step(positions, tolerance)
     affine = dicom_affine_ras(positions[0], first.orientation, first.pixel_spacing, step)
     return SliceStack(volumes=volumes, duplicates=duplicates, affine=affine, varies=varies)
+
+
+# Which volumes of a GE epi_pepolar series are stored with their rows reversed, by mode:
+# "fwd-rev" (3) reverses every second volume from the second, "rev-fwd" (2) from the first.
+PEPOLAR_REVERSED = {
+    0.0: lambda index: False,
+    1.0: lambda index: True,
+    2.0: lambda index: index % 2 == 0,
+    3.0: lambda index: index % 2 == 1,
+}
+
+
+def pepolar_reversed(mode: float, volumes: int) -> list[bool]:
+    """Per volume, whether GE stored its rows reversed (dcm2niix flips those volumes and
+    files them as series number + 1000); Rejected for a mode it cannot know."""
+    if mode not in PEPOLAR_REVERSED:
+        raise Rejected(
+            f"GE epi_pepolar series with polarity mode {mode!r} in (0019,10B3) (known: 0 "
+            "forward, 1 reversed, 2 and 3 alternating): which volumes are mirrored front to "
+            "back is unknown"
+        )
+    return [PEPOLAR_REVERSED[mode](index) for index in range(volumes)]
 
 
 def load_wrapped_volumes(path: Path, tolerance: float) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -59,13 +59,20 @@ def load_nifti_checked(path: Path, integer: bool = False) -> tuple[np.ndarray, n
             nan, inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
             raise Rejected(f"voxel data has {nan} NaN and {inf} infinite value(s)")
     if integer:
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise Rejected("label map is not integer-valued")
-        if rounded.min() < 0:
-            raise Rejected("label map has negative labels")
-        data = rounded.astype(np.int32)
+        data = checked_labels(data)
     return data, affine
+
+
+def checked_labels(data: np.ndarray) -> np.ndarray:
+    """A label map's values as int32: finite, integer-valued and non-negative, or Rejected."""
+    if not np.all(np.isfinite(data)):
+        raise Rejected("label map has NaN or infinite values")
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise Rejected("label map is not integer-valued")
+    if rounded.min() < 0:
+        raise Rejected("label map has negative labels")
+    return rounded.astype(np.int32)
 
 
 def align_label(
