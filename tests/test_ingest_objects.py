@@ -197,3 +197,27 @@ def test_a_label_map_that_is_not_integer_is_refused_whatever_its_format(tmp_path
     assert (pd.read_parquet(tmp_path / "out" / "manifest.parquet")["label_path"] == "").all()
     reasons = audit_of(tmp_path / "out")["reason"]
     assert reasons.str.contains("label map of 'ct' rejected: label map is not integer-valued").any()
+
+
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "native"),
+    [(12, False, True), (16, True, True), (16, False, True), (12, True, False)],
+)
+def test_pixels_read_from_the_file_equal_pydicoms_decoding(tmp_path, bits_stored, signed, native):
+    """The fast path for uncompressed images gives what pydicom's pixel_array and the
+    modality LUT give, unused high bits (an old overlay) included; a signed value with a
+    sign bit below the allocation is left to pydicom."""
+    from medtailor.ingest.dicom import decode_pixels, read_dataset, read_dicom_header, read_native
+
+    path = write_series(tmp_path / "s", ct_volume(seed=3), affine_for("axial"))[0]
+    ds = pydicom.dcmread(path)
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**16, ds.Rows * ds.Columns).astype(np.uint16)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(signed)
+    ds.PixelData = (values.view(np.int16) if signed else values).tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    ds.save_as(path)
+    record, _ = read_dicom_header(path, path.name, read_dataset(path))
+    assert (record.native_pixels is not None) == native
+    if native:
+        np.testing.assert_array_equal(read_native(record), decode_pixels(pydicom.dcmread(path)))

@@ -29,6 +29,7 @@ from medtailor.ingest.dicom import (
     Decoder,
     DicomFile,
     check_slice_count,
+    decode_records,
     decoded,
     group_series,
     gunzip_into,
@@ -265,7 +266,7 @@ def _ingest_projections(
 ) -> None:
     """Radiographs, decoded together (in the decoder's workers), then written one by one;
     a file that fails is audited alone."""
-    for f, result in zip(batch, decoder.decode([f.path for f in batch]), strict=True):
+    for f, result in zip(batch, decode_records(decoder, batch), strict=True):
         try:
             _ingest_projection(f, decoded(result), writer, cfg)
         except Exception as exc:
@@ -309,7 +310,7 @@ def _ingest_series(
     files = [f for volume in stack.volumes for f in volume] + [e for e, _ in stack.duplicates]
     planes = {
         f.rel: decoded(result).T
-        for f, result in zip(files, decoder.decode([f.path for f in files]), strict=True)
+        for f, result in zip(files, decode_records(decoder, files), strict=True)
     }
     volumes = [
         (np.stack([planes[f.rel] for f in volume], axis=-1), stack.affine)
