@@ -27,62 +27,42 @@ from medtailor.synth.dicom_writer import PlantedIdentity, ct_series_datasets, wr
 RESULTS = Path(__file__).parent / "results"
 
 
-def write_corpus(root: Path, series: int, slices: int, side: int) -> int:
+def write_corpus(root: Path, series: int, slices: int, side: int, volumes: int = 0) -> int:
+    """``series`` series of ``slices`` slices, one classic file per image: CT volumes, or
+    with ``volumes`` diffusion MR series of that many volumes (b = 0, then b = 1000 along
+    directions on a spiral), InstanceNumber in acquisition order, as Philips and GE export
+    DWI."""
     rng = np.random.default_rng(0)
-    affine = np.diag([0.7, 0.7, 1.5, 1.0])
+    spacing = [1.8, 1.8, 2.5] if volumes else [0.7, 0.7, 1.5]
+    affine = np.diag([*spacing, 1.0])
     count = 0
     for s in range(series):
-        hu = rng.integers(-1000, 1500, (side, side, slices)).astype(np.int16)
         identity = PlantedIdentity(
             name=f"BENCH^P{s}", patient_id=f"B{s:05d}", birth_date="19600101"
         )
-        datasets = ct_series_datasets(
-            hu,
-            affine,
-            identity=identity,
-            study_uid=f"1.2.826.0.1.{s}",
-            series_uid=f"1.2.826.0.1.{s}.1",
-            sop_uids=[f"1.2.826.0.1.{s}.1.{k + 1}" for k in range(slices)],
-            compression="none",
-            study_date="20240101",
-        )
-        for k, ds in enumerate(datasets):
-            write_dataset(ds, root / f"patient{s:03d}" / f"slice{k:04d}.dcm")
-            count += 1
-    return count
-
-
-def write_dwi_corpus(root: Path, series: int, slices: int, side: int, volumes: int) -> int:
-    """``series`` diffusion series of ``volumes`` volumes (b = 0, then b = 1000 along
-    directions on a spiral), one classic MR file per image, InstanceNumber in acquisition
-    order, as Philips and GE export DWI."""
-    rng = np.random.default_rng(1)
-    affine = np.diag([1.8, 1.8, 2.5, 1.0])
-    count = 0
-    for s in range(series):
-        identity = PlantedIdentity(
-            name=f"BENCH^D{s}", patient_id=f"D{s:05d}", birth_date="19600101"
-        )
-        for v in range(volumes):
-            angle = 2.4 * v
-            direction = [np.cos(angle) * 0.6, np.sin(angle) * 0.6, 0.8] if v else [0, 0, 0]
-            hu = rng.integers(0, 3000, (side, side, slices)).astype(np.int16)
+        for v in range(max(1, volumes)):
+            hu = rng.integers(-1000, 1500, (side, side, slices)).astype(np.int16)
             datasets = ct_series_datasets(
                 hu,
                 affine,
                 identity=identity,
-                study_uid=f"1.2.826.0.2.{s}",
-                series_uid=f"1.2.826.0.2.{s}.1",
-                sop_uids=[f"1.2.826.0.2.{s}.1.{v}.{k + 1}" for k in range(slices)],
+                study_uid=f"1.2.826.0.1.{s}",
+                series_uid=f"1.2.826.0.1.{s}.1",
+                sop_uids=[f"1.2.826.0.1.{s}.1.{v}.{k + 1}" for k in range(slices)],
                 compression="none",
                 study_date="20240101",
             )
             for k, ds in enumerate(datasets):
-                ds.Modality = "MR"
-                ds.InstanceNumber = v * slices + k + 1
-                ds.DiffusionBValue = 0 if v == 0 else 1000
-                ds.DiffusionGradientOrientation = [round(float(x), 4) for x in direction]
-                write_dataset(ds, root / f"dwi{s:03d}" / f"IM{v * slices + k:05d}.dcm")
+                name = f"slice{k:04d}.dcm"
+                if volumes:
+                    angle = 2.4 * v
+                    direction = [np.cos(angle) * 0.6, np.sin(angle) * 0.6, 0.8] if v else [0] * 3
+                    ds.Modality = "MR"
+                    ds.InstanceNumber = v * slices + k + 1
+                    ds.DiffusionBValue = 0 if v == 0 else 1000
+                    ds.DiffusionGradientOrientation = [round(float(x), 4) for x in direction]
+                    name = f"IM{v * slices + k:05d}.dcm"
+                write_dataset(ds, root / f"patient{s:03d}" / name)
                 count += 1
     return count
 
@@ -96,15 +76,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     shape = f"{args.series}x{args.slices}x{args.side}"
-    if args.volumes:
-        corpus = RESULTS / f"ingest_dwi_corpus_{shape}x{args.volumes}"
-        if not corpus.is_dir():
-            written = write_dwi_corpus(corpus, args.series, args.slices, args.side, args.volumes)
-            print("files written:", written)
-    else:
-        corpus = RESULTS / f"ingest_corpus_{shape}"
-        if not corpus.is_dir():
-            print("files written:", write_corpus(corpus, args.series, args.slices, args.side))
+    kind = f"dwi_corpus_{shape}x{args.volumes}" if args.volumes else f"corpus_{shape}"
+    corpus = RESULTS / f"ingest_{kind}"
+    if not corpus.is_dir():
+        written = write_corpus(corpus, args.series, args.slices, args.side, args.volumes)
+        print("files written:", written)
     files = sum(1 for p in corpus.rglob("*.dcm"))
 
     from medtailor.ingest import run_ingest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,37 @@ from medtailor.imageio import save_torch
 log = logging.getLogger(__name__)
 # params.yaml's optimizer names -> timm's create_optimizer_v2 names.
 OPTIMIZERS = {"sgd": "momentum", "nesterov": "nesterov", "adam": "adam", "adamw": "adamw"}
+# Where a training loop sends its per-epoch metrics (MLflow under a stage run).
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+def recipe_optimizer(model: torch.nn.Module, entry: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser a recipe names (timm's factory: weight decay off for norms and biases),
+    with its learning rate, weight decay and momentum."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(
+        model,
+        opt=OPTIMIZERS[entry["optimizer"]],
+        lr=float(entry["learning_rate"]),
+        weight_decay=float(entry["weight_decay"]),
+        momentum=float(entry["momentum"]),
+    )
+
+
+def publish_trained(best_path: Path, history: list[dict[str, Any]], out_dir: Path) -> None:
+    """A finished run's declared outputs: its best checkpoint (copied atomically from the
+    state folder) and its per-epoch history."""
+    import shutil
+
+    import pandas as pd
+
+    from medtailor.imageio import atomic_output
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / "best.pt") as tmp:
+        shutil.copyfile(best_path, tmp)
+    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -21,10 +21,10 @@ from medtailor.detect.inference import lesion_recall, predict_boxes
 from medtailor.detect.model import build_detector, device, parameter_groups, validation_selection
 from medtailor.detect.planning import resolve_detector_config
 from medtailor.imageio import save_torch
+from medtailor.runtime import MetricSink
 from medtailor.split import hash_position, manifest_with_split
 
 log = logging.getLogger(__name__)
-MetricSink = Callable[[dict[str, float], int], None]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

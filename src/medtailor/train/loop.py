@@ -18,9 +18,7 @@ checkpoints, predictions and metrics.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -40,11 +37,13 @@ from medtailor.config import params_hash
 from medtailor.imageio import atomic_output, save_torch
 from medtailor.patches.store import PatchStore
 from medtailor.runtime import (
-    OPTIMIZERS,
+    MetricSink,
     discard_stale_state,
     distributed_context,
     epoch_seed,
     load_training_state,
+    publish_trained,
+    recipe_optimizer,
     save_training_state,
 )
 from medtailor.targets import CANDIDATE_TASK, output_count
@@ -60,7 +59,6 @@ from medtailor.train.objectives import (
 )
 
 log = logging.getLogger(__name__)
-MetricSink = Callable[[dict[str, float], int], None]
 
 
 @torch.no_grad()
@@ -251,13 +249,7 @@ def train_model(
             torch.get_num_threads(),
         )
 
-    optimizer = create_optimizer_v2(
-        model,
-        opt=OPTIMIZERS[entry["optimizer"]],
-        lr=float(entry["learning_rate"]),
-        weight_decay=float(entry["weight_decay"]),
-        momentum=float(entry["momentum"]),
-    )
+    optimizer = recipe_optimizer(model, entry)
     scheduler = (
         CosineLRScheduler(
             optimizer,
@@ -391,12 +383,9 @@ def train_model(
         ],
         ignore_index=True,
     )[["patch_id", "model", "split", "target", "prob", "label"]]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir / "best.pt") as tmp:
-        shutil.copyfile(best_path, tmp)
+    publish_trained(best_path, history, out_dir)
     with atomic_output(out_dir / "predictions.parquet") as tmp:
         predictions.to_parquet(tmp, index=False)
-    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     final = history[-1]
     # Only validation numbers: test metrics during training invite choosing on the test set.
     return {

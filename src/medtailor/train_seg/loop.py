@@ -15,7 +15,6 @@ uninterrupted one exactly on CPU.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -28,7 +27,6 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
-from timm.optim import create_optimizer_v2
 from timm.scheduler import MultiStepLRScheduler
 from tqdm import tqdm
 
@@ -37,11 +35,13 @@ from medtailor.config import params_hash
 from medtailor.dice import dice_per_case
 from medtailor.imageio import atomic_output, save_nifti, save_torch
 from medtailor.runtime import (
-    OPTIMIZERS,
+    MetricSink,
     discard_stale_state,
     distributed_context,
     epoch_seed,
     load_training_state,
+    publish_trained,
+    recipe_optimizer,
     save_training_state,
 )
 from medtailor.split import SPLITS
@@ -59,7 +59,6 @@ from medtailor.train_seg.data import (
 from medtailor.train_seg.models import SegInput, create_seg_model
 
 log = logging.getLogger(__name__)
-MetricSink = Callable[[dict[str, float], int], None]
 # Called with (model, epoch, step) before every training step and with step None before
 # validation and the final predictions: the single-path supernet picks its path there.
 StepHook = Callable[[torch.nn.Module, int, int | None], None]
@@ -198,13 +197,7 @@ def train_segmentation(
     counts = complexity(model, (data.in_channels, *patch_size))
 
     epochs = int(entry["epochs"])
-    optimizer = create_optimizer_v2(
-        model,
-        opt=OPTIMIZERS[entry["optimizer"]],
-        lr=float(entry["learning_rate"]),
-        weight_decay=float(entry["weight_decay"]),
-        momentum=float(entry["momentum"]),
-    )
+    optimizer = recipe_optimizer(model, entry)
     scheduler = MultiStepLRScheduler(
         optimizer,
         decay_t=[max(1, round(float(f) * epochs)) for f in entry["milestones"]],
@@ -301,9 +294,7 @@ def train_segmentation(
     on_step(model, epochs, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     dice = write_predictions(model, samples, rows, entry, ingest_dir, out_dir, device)
-    with atomic_output(out_dir / "best.pt") as tmp:
-        shutil.copyfile(best_path, tmp)
-    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    publish_trained(best_path, history, out_dir)
     with atomic_output(out_dir / "dice.parquet") as tmp:
         dice.to_parquet(tmp, index=False)
     summary: dict[str, Any] = {
