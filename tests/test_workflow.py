@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -336,3 +337,27 @@ def test_a_project_of_your_own_runs_and_reruns_only_what_a_params_change_touches
     jobs = re.findall(r"^rule (\w+):", run([snakemake, "-n", "--nocolor"], project).stdout, re.M)
     # The patches and everything downstream of them, nothing upstream.
     assert set(jobs) == {"patches", "train", "evaluate", "all"}
+
+
+def test_recording_in_dvc_lock_follows_params_and_never_fails_a_finished_run(
+    tmp_path: Path, repo_params: dict, caplog
+):
+    """After a successful Snakemake run the hook rewrites dvc.yaml when params.yaml calls
+    for other stages (a search disabled since `medtailor init`), and a failure to record
+    is a warning, not a failed run (it used to exit 1 after a run that had succeeded)."""
+    import logging
+
+    from medtailor.dvc_sync import record_in_dvc_lock
+    from medtailor.workflow.dvc_stages import write_dvc_yaml
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params, sort_keys=False))
+    write_dvc_yaml(tmp_path / "dvc.yaml")
+    assert "search_summary" in (tmp_path / "dvc.yaml").read_text()
+    params = copy.deepcopy(repo_params)
+    params["search"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with caplog.at_level(logging.WARNING, logger="medtailor.dvc_sync"):
+        assert record_in_dvc_lock(tmp_path) == []  # no Snakefile here: nothing to record
+    assert "search_summary" not in (tmp_path / "dvc.yaml").read_text()
+    assert "could not record the run in dvc.lock" in caplog.text

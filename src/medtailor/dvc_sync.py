@@ -48,18 +48,51 @@ def is_current(out: str, outputs: dict[str, bool]) -> bool:
 
 def record_in_dvc_lock(root: Path = Path()) -> list[str]:
     """Commit (``dvc commit --force``) the DVC stages whose every output is up to date in
-    Snakemake's eyes; returns their names. Does nothing outside a DVC project."""
+    Snakemake's eyes; returns their names. Does nothing outside a DVC project.
+
+    dvc.yaml is first rewritten from params.yaml when the stages it should hold changed
+    (a search disabled since ``medtailor init`` wrote it), so it follows params.yaml by
+    itself. This is bookkeeping after a successful run: a stage that cannot be recorded,
+    or any other failure here, is a warning in the log, never a failed run."""
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         return []
+    try:
+        return _record(root)
+    except Exception as exc:  # the run itself succeeded: say what was not recorded
+        log.warning("could not record the run in dvc.lock (dvc repro will rerun it): %s", exc)
+        return []
+
+
+def refresh_dvc_yaml(root: Path) -> bool:
+    """Rewrite ``root``'s dvc.yaml when params.yaml now calls for other stages; True when
+    it changed."""
+    from medtailor.workflow.dvc_stages import source_root, write_dvc_yaml
+
+    path = root / "dvc.yaml"
+    before = path.read_text()
+    write_dvc_yaml(path, source_root(root))
+    changed = path.read_text() != before
+    if changed:
+        log.info("dvc.yaml rewritten from params.yaml (its stages had changed)")
+    return changed
+
+
+def _record(root: Path) -> list[str]:
     from dvc.repo import Repo
 
+    refresh_dvc_yaml(root)
     outputs = snakemake_outputs(root)
     committed = []
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             outs = [out.def_path.rstrip("/") for out in stage.outs]
-            if outs and all(is_current(out, outputs) for out in outs):
+            if not outs or not all(is_current(out, outputs) for out in outs):
+                continue
+            try:
                 repo.commit(stage.addressing, force=True, relink=False)
-                committed.append(stage.addressing)
+            except Exception as exc:  # one stage's record must not lose the others'
+                log.warning("dvc.lock: stage %s not recorded: %s", stage.addressing, exc)
+                continue
+            committed.append(stage.addressing)
     log.info("recorded %d Snakemake stage(s) in dvc.lock", len(committed))
     return committed
