@@ -230,3 +230,42 @@ def test_downsampling_a_grating_finer_than_the_new_grid_does_not_alias(ndim, axi
     # Detail the new grid can hold (4 mm period, ten new pixels) passes nearly unchanged.
     coarse = grating_amplitude(4.0, 0.2, 0.4, axis, ndim)
     assert coarse[True] > 0.9
+
+
+def test_an_image_already_on_the_target_grid_passes_through_unchanged(tmp_path, repo_params):
+    """A volume at 1 mm isotropic with its label map goes through resample unchanged,
+    without an interpolation pass (radiographs exported at the target spacing spent
+    minutes there); another spacing is still resampled."""
+    import nibabel as nib
+    import pandas as pd
+
+    from medtailor.imageio import load_nifti
+    from medtailor.ingest import run_ingest
+    from medtailor.resample import run_resample
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0, 100, (20, 18, 16)).astype(np.float32)
+    labels = (rng.random((20, 18, 16)) > 0.8).astype(np.uint8)
+    on_grid = np.diag([1.0, 1.0, 1.0, 1.0])
+    on_grid[:3, 3] = [-10.0, 5.0, 2.0]
+    nib.save(nib.Nifti1Image(volume, on_grid), str(raw / "on_grid.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, on_grid), str(raw / "on_grid_labels.nii.gz"))
+    nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.0, 1.0, 1.0])), str(raw / "coarse.nii.gz"))
+    (raw / "annotations").mkdir()
+    pd.DataFrame([{"source": "on_grid.nii.gz", "label": "on_grid_labels.nii.gz"}]).to_csv(
+        raw / "annotations" / "labels.csv", index=False
+    )
+    run_ingest(raw, tmp_path / "ingest", repo_params)
+    summary = run_resample(tmp_path / "ingest", tmp_path / "resample", repo_params)
+    assert summary["already_on_target_grid"] == 1 and summary["images"] == 2
+    manifest = pd.read_parquet(tmp_path / "resample" / "manifest.parquet")
+    row = manifest[manifest["label_path"] != ""].iloc[0]
+    array, affine = load_nifti(tmp_path / "resample" / row["image_path"])
+    np.testing.assert_array_equal(array, volume)
+    np.testing.assert_allclose(affine, on_grid)
+    label, _ = load_nifti(tmp_path / "resample" / row["label_path"], dtype=None)
+    np.testing.assert_array_equal(label, labels)
+    coarse = manifest[manifest["label_path"] == ""].iloc[0]
+    assert list(coarse["shape"]) == [30, 18, 16]

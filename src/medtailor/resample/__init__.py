@@ -41,7 +41,7 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
     boxes = read_boxes(input_dir / "boxes.parquet")
     started = time.perf_counter()
     rows, new_boxes = [], []
-    voxels_in = voxels_out = 0
+    voxels_in = voxels_out = passed = 0
     for _, row in tqdm(manifest.iterrows(), total=len(manifest), desc="resample", unit="image"):
         ndim = int(row["ndim"])
         image, affine = load_nifti(input_dir / row["image_path"])
@@ -49,10 +49,19 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
         target = cfg["spacing_mm"] if ndim == 3 else cfg["radiograph_spacing_mm"]
         gmap = grid_map(image.shape[:ndim], spacing, target)
         separate = lowres_axis(spacing, float(cfg["anisotropy_threshold"]))
+        new_affine = gmap.target_affine(affine)
+        # Already on the target grid (radiographs exported at the target spacing): the
+        # image passes through unchanged instead of through an interpolation pass.
+        unchanged = tuple(gmap.out_shape) == tuple(image.shape[:ndim]) and np.allclose(
+            new_affine, affine, rtol=0, atol=1e-6
+        )
+        passed += unchanged
         # Each channel of a multi-channel volume (channels last) on the same grid.
         channels = [image] if image.ndim == ndim else np.moveaxis(image, -1, 0)
         parts = [
-            resample_image(
+            channel
+            if unchanged
+            else resample_image(
                 channel,
                 gmap,
                 order=int(cfg["order"]),
@@ -64,14 +73,17 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
             for channel in channels
         ]
         resampled = parts[0] if image.ndim == ndim else np.stack(parts, axis=-1)
-        new_affine = gmap.target_affine(affine)
         image_rel = f"images/{row['image_id']}.nii.gz"
         save_nifti(out_dir / image_rel, resampled, new_affine)
         label_rel = ""
         if row["label_path"]:
             labels, _ = load_nifti(input_dir / row["label_path"], dtype=None)
-            new_labels = resample_labels(
-                labels, gmap, cfg["label_mode"], separate, int(cfg["order_lowres_axis"])
+            new_labels = (
+                labels
+                if unchanged
+                else resample_labels(
+                    labels, gmap, cfg["label_mode"], separate, int(cfg["order_lowres_axis"])
+                )
             )
             label_rel = f"labels/{row['image_id']}.nii.gz"
             save_nifti(out_dir / label_rel, new_labels, new_affine)
@@ -108,6 +120,7 @@ def _resample(input_dir: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, 
         "volumes": int((manifest["ndim"] == 3).sum()),
         "radiographs": int((manifest["ndim"] == 2).sum()),
         "label_maps": sum(1 for r in rows if r["label_path"]),
+        "already_on_target_grid": int(passed),
         "boxes": len(all_boxes),
         "voxels_in": int(voxels_in),
         "voxels_out": int(voxels_out),
