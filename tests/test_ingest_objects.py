@@ -221,3 +221,45 @@ def test_pixels_read_from_the_file_equal_pydicoms_decoding(tmp_path, bits_stored
     assert (record.native_pixels is not None) == native
     if native:
         np.testing.assert_array_equal(read_native(record), decode_pixels(pydicom.dcmread(path)))
+
+
+def write_class_folders(raw: Path, per_class: int = 25) -> None:
+    """A classification set as many ship: one folder per class, a classes table, no
+    patient identities (as the public breast-ultrasound set)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for name in ("benign", "malignant", "normal"):
+        (raw / name).mkdir(parents=True)
+        for k in range(per_class):
+            source = f"{name}/{name} ({k}).png"
+            Image.fromarray(rng.integers(0, 255, (24, 20), dtype=np.uint8)).save(raw / source)
+            rows.append({"source": source, "label": name})
+    (raw / "annotations").mkdir()
+    pd.DataFrame(rows).to_csv(raw / "annotations" / "classes.csv", index=False)
+
+
+def test_class_folders_are_not_taken_for_patients(tmp_path, params):
+    """Without subjects.csv each class folder would be one patient: refused with the fix;
+    with ingest.patient_from: file every image is its own patient."""
+    from medtailor.ingest import IngestError
+
+    raw = tmp_path / "raw"
+    write_class_folders(raw)
+    params["ingest"]["assumed_radiograph_spacing_mm"] = 0.1
+    with pytest.raises(IngestError, match="look like class folders") as refused:
+        run_ingest(raw, tmp_path / "out", params)
+    assert "annotations/subjects.csv" in str(refused.value)
+    assert "ingest.patient_from: file" in str(refused.value)
+    params["ingest"]["patient_from"] = "file"
+    summary = run_ingest(raw, tmp_path / "out", params)
+    assert summary["images"] == summary["patients"] == 75
+    # Real patient folders (a few images each, classes mixed within a patient) still are.
+    params["ingest"]["patient_from"] = "folder"
+    mixed = tmp_path / "mixed"
+    write_class_folders(mixed, per_class=4)
+    table = pd.read_csv(mixed / "annotations" / "classes.csv")
+    table["label"] = ["benign", "normal"] * (len(table) // 2)
+    table.to_csv(mixed / "annotations" / "classes.csv", index=False)
+    assert run_ingest(mixed, tmp_path / "mixed_out", params)["patients"] == 3

@@ -116,6 +116,7 @@ class _Writer:
     annotations: Annotations
     audit: Audit
     box_table: str
+    patient_from: str = "folder"
     manifest: list[dict[str, Any]] = field(default_factory=list)
     boxes: list[dict[str, Any]] = field(default_factory=list)
     classes: list[dict[str, Any]] = field(default_factory=list)
@@ -444,9 +445,47 @@ def _subject_of_file(rel: str, writer: _Writer, by_folder: bool) -> _Subject:
     if patient:
         return _Subject(f"id:{patient}", "subjects.csv", f"uid:{study}" if study else f"file:{rel}")
     folder = str(PurePosixPath(rel).parent)
-    if by_folder and folder != ".":
+    if by_folder and writer.patient_from == "folder" and folder != ".":
         return _Subject(f"folder:{folder}", "folder", f"folder:{folder}")
     return _Subject("", "file", f"file:{rel}")
+
+
+# A folder-patient with at least this many images, in a set with no more patients than
+# classes and one class per patient, is a class folder, not a patient.
+CLASS_FOLDER_IMAGES = 20
+
+
+def class_folder_problem(manifest: list[dict], classes: list[dict]) -> str | None:
+    """Why the patients of a class-folder dataset are its class folders, or None: patients
+    taken from folders, one class value in every patient, no more patients than classes,
+    and a patient with many images (a breast-ultrasound set's three class folders became
+    three "patients", and the split put every benign image in train)."""
+    folder_images = [row for row in manifest if row["patient_id_source"] == "folder"]
+    if not folder_images or not classes:
+        return None
+    label_of = {
+        row["image_id"]: tuple(sorted((k, v) for k, v in row.items() if k != "image_id"))
+        for row in classes
+    }
+    by_patient: dict[str, list[tuple]] = {}
+    for row in folder_images:
+        if row["image_id"] in label_of:
+            by_patient.setdefault(row["patient_id"], []).append(label_of[row["image_id"]])
+    if not by_patient:
+        return None
+    distinct = {label for labels in by_patient.values() for label in labels}
+    constant = all(len(set(labels)) == 1 for labels in by_patient.values())
+    largest = max(len(labels) for labels in by_patient.values())
+    if constant and len(by_patient) <= len(distinct) and largest >= CLASS_FOLDER_IMAGES:
+        return (
+            f"the {len(by_patient)} image folders look like class folders, not patients: every "
+            f"one holds a single class, there are no more of them than classes "
+            f"({len(distinct)}), and one holds {largest} images. Taken as patients, the split "
+            "would put whole classes in one split. Give each image its patient in "
+            "annotations/subjects.csv (columns source, patient), or set "
+            "ingest.patient_from: file to make every image its own patient"
+        )
+    return None
 
 
 def _ingest_file_image(
@@ -650,6 +689,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         annotations,
         audit,
         box_table=cfg["annotations"]["boxes"],
+        patient_from=cfg["patient_from"],
     )
 
     found = discover(input_root, annotations.files)
@@ -715,6 +755,9 @@ def _ingest_files(
     seconds = time.perf_counter() - started
     if not writer.manifest:
         return None
+    problem = class_folder_problem(writer.manifest, writer.classes)
+    if problem is not None:
+        raise IngestError(f"{writer.root}: {problem}")
     write_manifest(writer.manifest, out_dir / "manifest.parquet")
     write_boxes(writer.boxes, out_dir / "boxes.parquet")
     if annotations.class_columns:
