@@ -263,3 +263,14 @@ def test_class_folders_are_not_taken_for_patients(tmp_path, params):
     table["label"] = ["benign", "normal"] * (len(table) // 2)
     table.to_csv(mixed / "annotations" / "classes.csv", index=False)
     assert run_ingest(mixed, tmp_path / "mixed_out", params)["patients"] == 3
+
+
+def test_files_in_the_annotations_folder_are_not_audited_as_images(tmp_path, params):
+    raw = tmp_path / "raw"
+    write_series(raw / "ct", ct_volume(seed=4), affine_for("axial"))
+    (raw / "annotations").mkdir()
+    (raw / "annotations" / "readme.csv").write_text("column,meaning\nsource,file\n")
+    (raw / "annotations" / "boxes.csv").write_text("source,x0,y0,x1,y1\n")
+    run_ingest(raw, tmp_path / "out", params)
+    audit = audit_of(tmp_path / "out")
+    assert not audit["source"].str.startswith("annotations/").any(), audit

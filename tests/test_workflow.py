@@ -361,3 +361,14 @@ def test_recording_in_dvc_lock_follows_params_and_never_fails_a_finished_run(
         assert record_in_dvc_lock(tmp_path) == []  # no Snakefile here: nothing to record
     assert "search_summary" not in (tmp_path / "dvc.yaml").read_text()
     assert "could not record the run in dvc.lock" in caplog.text
+
+
+def test_init_with_an_input_says_where_the_data_is_read_and_asks_for_a_salt(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    result = run(
+        [str(BIN / "medtailor"), "init", str(tmp_path / "study"), "--input", str(raw)], tmp_path
+    )
+    assert f"reads your data from {raw} (ingest.input)" in result.stdout
+    assert "edit params.yaml (ingest.input" not in result.stdout
+    assert "export MEDTAILOR_PSEUDONYM_SALT=" in result.stdout

@@ -822,10 +822,17 @@ def init_command(args: argparse.Namespace) -> dict[str, Any]:
 
     for step in init_project(args.folder, args.input):
         print(f"  {step}")
+    where = (
+        f"  params.yaml reads your data from {args.input} (ingest.input); review models, "
+        "studies and the search there\n"
+        if args.input
+        else "  edit params.yaml (ingest.input: your raw data folder; models; ...)\n"
+    )
     print(
         f"medtailor project ready in {args.folder}. Next:\n"
         f"  cd {args.folder}\n"
-        "  edit params.yaml (ingest.input: your raw data folder; models; ...)\n"
+        f"{where}"
+        "  export MEDTAILOR_PSEUDONYM_SALT=...   # a secret salt for the pseudonymous IDs\n"
         "  snakemake --cores 2            # or: snakemake --profile slurm\n"
         "  dvc repro                      # alternatively, DVC runs the same stages"
     )

@@ -69,7 +69,9 @@ class IngestError(RuntimeError):
     """Nothing usable was found."""
 
 
-def discover(root: Path, excluded: set[str]) -> list[tuple[Path, str]]:
+def discover(
+    root: Path, excluded: set[str], excluded_folders: set[str] = frozenset()
+) -> list[tuple[Path, str]]:
     """Every regular file under ``root`` (sorted, hidden ones skipped) but the annotations,
     as (path, printable relative path). Symbolic links are followed, but each real folder
     and file is visited once, so a link loop or a second link to a folder reads nothing
@@ -93,7 +95,13 @@ def discover(root: Path, excluded: set[str]) -> list[tuple[Path, str]]:
             path = Path(folder) / name
             rel = printable(path.relative_to(root).as_posix())
             real_file = os.path.realpath(path)
-            if rel not in excluded and path.is_file() and real_file not in seen_files:
+            in_excluded_folder = any(rel.startswith(f"{folder}/") for folder in excluded_folders)
+            if (
+                rel not in excluded
+                and not in_excluded_folder
+                and path.is_file()
+                and real_file not in seen_files
+            ):
                 seen_files.add(real_file)
                 found.append((path, rel))
     return found
@@ -692,7 +700,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
         patient_from=cfg["patient_from"],
     )
 
-    found = discover(input_root, annotations.files)
+    found = discover(input_root, annotations.files, annotations.folders)
     rels = {rel for _, rel in found}
     files = [(path, rel) for path, rel in found if not is_detached_data(rel, rels)]
     audit.remember_paths(rel for _, rel in files)

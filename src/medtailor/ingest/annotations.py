@@ -40,6 +40,7 @@ class Annotations:
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     class_columns: list[str] = field(default_factory=list)
     files: set[str] = field(default_factory=set)  # not images: kept out of discovery
+    folders: set[str] = field(default_factory=set)  # the tables' folders, likewise
 
 
 def _read_rows(path: Path, rel: str, required: list[str], audit: Audit) -> list[tuple[int, dict]]:
@@ -138,6 +139,9 @@ def load_annotations(root: Path, tables: dict[str, str], audit: Audit) -> Annota
     for rel in (boxes_rel, labels_rel, subjects_rel, classes_rel):
         if rel:
             found.files.add(normalise_source(rel))
+            folder = str(PurePosixPath(normalise_source(rel)).parent)
+            if folder != ".":  # the annotations folder holds tables, never images
+                found.folders.add(folder)
 
     if (root / boxes_rel).is_file():
         for number, row in _read_rows(
