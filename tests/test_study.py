@@ -15,7 +15,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from medtailor.study import configuration_values, study_configurations
+from medtailor.study import configuration_label, configuration_values, study_configurations
 from medtailor.study.analysis import spearman_with_ci
 
 from .conftest import BIN, ENV, run
@@ -207,6 +207,14 @@ def test_the_grid_expands_every_combination_and_refuses_unknown_factors(repo_par
     assert len(configurations) == int(np.prod(sizes))
     first = configurations["model0-head1-unfreeze0-learning_rate1"]
     assert first["model"] == grid["factors"]["model"][0]
+    # The MLflow UI names it by its levels, not their indices.
+    label = configuration_label(params, "grid", "model0-head1-unfreeze0-learning_rate1")
+    head = ";".join(f"{k}:{v}" for k, v in grid["factors"]["head"][1].items())
+    assert label == (
+        f"model={grid['factors']['model'][0]},head={head},"
+        f"unfreeze={grid['factors']['unfreeze'][0]},"
+        f"learning_rate={grid['factors']['learning_rate'][1]}"
+    )
     assert first["head"] == grid["factors"]["head"][1]
     assert first["learning_rate"] == grid["factors"]["learning_rate"][1]
     grid["factors"]["learnig_rate"] = [0.1]

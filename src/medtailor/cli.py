@@ -112,8 +112,8 @@ def run_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def run_study_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.study import configuration_label, study_entry
     from medtailor.study import run_study_train as study_train
-    from medtailor.study import study_entry
     from medtailor.tracking import flatten
 
     folder = DATA / "studies" / args.study
@@ -123,7 +123,14 @@ def run_study_train(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     if is_rank_zero():
         import mlflow
 
-        mlflow.set_tags({"medtailor.model": args.model, "medtailor.study": args.study})
+        label = configuration_label(params, args.study, args.model)
+        mlflow.set_tags(
+            {
+                "medtailor.model": args.model,
+                "medtailor.study": args.study,
+                "mlflow.runName": f"study_train:{args.study}:{label}",
+            }
+        )
         mlflow.log_params(flatten(study_entry(params, args.study, args.model), "model."))
         sink = log_step_metrics
     summary = study_train(args.study, args.model, args.input, output, state, params, sink)

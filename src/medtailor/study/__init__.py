@@ -75,6 +75,19 @@ def configuration_values(params: dict[str, Any], study: str, name: str) -> dict[
     }
 
 
+def configuration_label(params: dict[str, Any], study: str, name: str) -> str:
+    """What configuration ``name`` varies, readable (``init=scratch,learning_rate=0.005``):
+    its folder name stays short and stable, the MLflow UI shows this."""
+    varied = study_expander(study)(params["studies"][study])[name]
+
+    def readable(value: Any) -> str:
+        if isinstance(value, dict):  # a head: its type and options
+            return ";".join(f"{k}:{v}" for k, v in value.items())
+        return str(value)
+
+    return ",".join(f"{key}={readable(value)}" for key, value in varied.items())
+
+
 def study_entry(params: dict[str, Any], study: str, name: str) -> dict[str, Any]:
     configurations = study_configurations(params, study)
     if name not in configurations:
