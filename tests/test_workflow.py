@@ -372,3 +372,18 @@ def test_init_with_an_input_says_where_the_data_is_read_and_asks_for_a_salt(tmp_
     assert f"reads your data from {raw} (ingest.input)" in result.stdout
     assert "edit params.yaml (ingest.input" not in result.stdout
     assert "export MEDTAILOR_PSEUDONYM_SALT=" in result.stdout
+
+
+def test_status_lists_the_stages_the_project_runs_and_each_folder_once(repo_params: dict):
+    from medtailor.cli import project_stages
+
+    stages = dict(project_stages(repo_params, Path("data")))
+    assert stages["train"] == Path("data/models") and "search-final" not in stages
+    folders = [folder for _, folder in project_stages(repo_params, Path("data"))]
+    assert len(folders) == len(set(folders))
+    params = copy.deepcopy(repo_params)
+    params["patches"]["source"] = "whole_image"
+    params["search"]["enabled"] = False
+    whole_image = dict(project_stages(params, Path("data")))
+    assert not {"train-detector", "detect", "search", "search-summary"} & set(whole_image)
+    assert {"ingest", "patches", "train", "evaluate"} <= set(whole_image)

@@ -800,15 +800,32 @@ def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
     return {}
 
 
+def project_stages(params: dict[str, Any], data: Path) -> list[tuple[str, Path]]:
+    """(stage, output folder) of every stage this project's params.yaml runs (the stages
+    of its DVC pipeline: a whole-image project has no detector, a project without the
+    search no search stages), each folder once, under the first stage that writes it."""
+    from medtailor.workflow.dvc_stages import dvc_pipeline
+
+    enabled = set(dvc_pipeline(params)["stages"])
+    found: dict[Path, str] = {}
+    for stage in STAGES:
+        name = stage.name.replace("-", "_")
+        for step in ("_ask", "_candidate", "_tell"):
+            name = name.removesuffix(step)
+        if name not in enabled:
+            continue
+        found.setdefault(data / stage.output.relative_to(DATA).parts[0], stage.name)
+    return [(stage, folder) for folder, stage in found.items()]
+
+
 def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import tracking_uri
 
     lines = ["medtailor outputs:"]
-    for stage in STAGES:
-        folder = args.data / stage.output.relative_to(DATA).parts[0]
+    for stage, folder in project_stages(params, args.data):
         state = "done" if folder.exists() else "not run"
-        lines.append(f"  {stage.name:<15} {folder}/  [{state}]")
-        summary_file = METRICS / f"{stage.name.replace('-', '_')}.json"
+        lines.append(f"  {stage:<15} {folder}/  [{state}]")
+        summary_file = METRICS / f"{stage.replace('-', '_')}.json"
         if summary_file.exists():
             lines.append(f"  {'':<15} metrics: {json.loads(summary_file.read_text())}")
     audit = args.data / "ingest" / "audit.csv"
