@@ -373,3 +373,27 @@ def test_a_small_transfusion_study_trains_and_is_analysed(tmp_path, repo_params)
     assert table["cbr_tiny_scratch"]["epochs_to_target"] == expected
     figures = {Path(f).name for f in summary["figures"]}
     assert {"convergence.png", "cka.png", "transfusion.png"} <= figures
+
+
+@pytest.mark.parametrize("sizes", [[3.4, 3.7, 4.4, 4.6], [0.5, 3.0, 25.0, 120.0], [4.0, 4.0]])
+def test_the_parameter_axis_labels_round_values_without_overlap(sizes):
+    """Zoo models of 3.4-4.6 M parameters printed overlapping minor-tick labels."""
+    from medtailor.figures import log_parameter_axis, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(sizes, np.linspace(0.6, 0.8, len(sizes)), "o")
+    log_parameter_axis(ax, sizes)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [
+        t.get_window_extent(renderer)
+        for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+        if t.get_text() and t.get_visible()
+    ]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert 2 <= len(ticks) <= 8
+    boxes = sorted(labels, key=lambda box: box.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
+    plt.close(fig)

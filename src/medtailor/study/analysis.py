@@ -141,7 +141,7 @@ def write_study_report(
 
 def auc_vs_parameters_figure(table: pd.DataFrame, out_dir: Path, annotate: bool) -> str:
     """Test AUC (with CIs) against parameters, one series per init."""
-    from medtailor.figures import pyplot, save_figure
+    from medtailor.figures import log_parameter_axis, pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -150,7 +150,7 @@ def auc_vs_parameters_figure(table: pd.DataFrame, out_dir: Path, annotate: bool)
         if annotate:
             for row in part.itertuples():
                 ax.annotate(row.configuration, (row.parameters / 1e6, row.test_auc), fontsize=6)
-    ax.set_xscale("log")
+    log_parameter_axis(ax, table["parameters"] / 1e6)
     ax.set_xlabel("parameters (millions)")
     ax.set_ylabel("test AUC")
     ax.legend(fontsize="small")

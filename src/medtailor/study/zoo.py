@@ -126,7 +126,7 @@ def analyse_zoo(run: StudyRun) -> dict[str, Any]:
 
 
 def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
-    from medtailor.figures import pyplot, save_figure
+    from medtailor.figures import log_parameter_axis, pyplot, save_figure
 
     plt = pyplot()
     made = []
@@ -147,7 +147,7 @@ def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         with_interval(ax, boosted["parameters"] / 1e6, boosted, "pretraining_boost")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_xscale("log")
+        log_parameter_axis(ax, boosted["parameters"] / 1e6)
         ax.set_xlabel("parameters (millions)")
         ax.set_ylabel("AUC(ImageNet) - AUC(scratch)")
         save_figure(fig, out_dir / "figures" / "boost_vs_parameters.png")
