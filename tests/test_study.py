@@ -4,6 +4,7 @@ analysis (AUC with CIs, pre-training boost, Spearman correlations) and its figur
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -395,5 +396,5 @@ def test_the_parameter_axis_labels_round_values_without_overlap(sizes):
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     assert 2 <= len(ticks) <= 8
     boxes = sorted(labels, key=lambda box: box.x0)
-    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
+    assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes))
     plt.close(fig)
