@@ -47,8 +47,8 @@ def git_commit() -> str:
 
 
 def git_dirty() -> str:
-    """ "true" when tracked files differ from the commit (the run's code or params are not
-    the commit's), "false" when clean, "unknown" outside a repository."""
+    """Whether tracked files differ from the commit (the run's code or params are not the
+    commit's): "true", "false", or "unknown" outside a repository."""
     out = _git("status", "--porcelain", "--untracked-files=no")
     return "unknown" if out is None else str(bool(out.strip())).lower()
 
