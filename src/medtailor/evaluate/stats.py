@@ -112,7 +112,7 @@ def delong_test(
         return DeLongResult(float(auc[0]), float(auc[1]), difference, nan, nan, nan, nan, nan)
     # Clustered: the variance is estimated from the patients of the rarer class, so the
     # reference is a Student t on their number - 1 (a normal one rejected equal models
-    # 6-7% of the time at alpha 0.05 with 60 patients: bench/calibration.py).
+    # about 6% of the time at alpha 0.05 with 60 patients; the t, 5.4%: docs/benchmarks.md).
     reference = (
         stats.norm if clusters is None else stats.t(max(1, rarer_class_df(labels, clusters)))
     )
@@ -184,8 +184,9 @@ def logit_t_interval(
     ``logit(estimate) -/+ t_{df} * SD(logit(samples))``, back-transformed.
 
     The percentile interval of a patient bootstrap is too narrow with few patients (it
-    covered the true AUC 93-94% of the time at a nominal 95% with 60 patients, 90% with
-    30: bench/calibration.py); the logit keeps the interval inside (0, 1) and the Student
+    covered the true AUC 92.9% of the time at a nominal 95% with 60 patients and 30:
+    docs/benchmarks.md; this one 94.2% and 96.1%); the logit keeps the interval inside
+    (0, 1) and the Student
     t with ``df`` (patients of the rarer class - 1) pays for estimating the spread from so
     few independent units. With an estimate of 0 or 1, or no spread, the percentile
     interval is returned (the logit is unbounded there); NaNs when ``df`` < 1.
