@@ -30,20 +30,12 @@ from monai.losses import DiceCELoss
 from timm.scheduler import MultiStepLRScheduler
 from tqdm import tqdm
 
+from medtailor import runtime
 from medtailor.complexity import complexity
 from medtailor.config import params_hash
 from medtailor.dice import dice_per_case
 from medtailor.imageio import atomic_output, save_nifti, save_torch
-from medtailor.runtime import (
-    MetricSink,
-    discard_stale_state,
-    distributed_context,
-    epoch_seed,
-    load_training_state,
-    publish_trained,
-    recipe_optimizer,
-    save_training_state,
-)
+from medtailor.runtime import MetricSink, distributed_context, epoch_seed
 from medtailor.split import SPLITS
 from medtailor.train_seg.data import (
     class_values,
@@ -197,7 +189,7 @@ def train_segmentation(
     counts = complexity(model, (data.in_channels, *patch_size))
 
     epochs = int(entry["epochs"])
-    optimizer = recipe_optimizer(model, entry)
+    optimizer = runtime.recipe_optimizer(model, entry)
     scheduler = MultiStepLRScheduler(
         optimizer,
         decay_t=[max(1, round(float(f) * epochs)) for f in entry["milestones"]],
@@ -219,10 +211,10 @@ def train_segmentation(
 
     key = params_hash({"entry": entry, "seed": seed, "data": data_fingerprint(resample_dir, rows)})
     state_dir.mkdir(parents=True, exist_ok=True)
-    discard_stale_state(state_dir, key, name)
+    runtime.discard_stale_state(state_dir, key, name)
     last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
     start, history, best_dice = 1, [], -1.0
-    resumed = load_training_state(last_path, device)
+    resumed = runtime.load_training_state(last_path, device)
     if resumed is not None:
         state, start, history = resumed
         model.load_state_dict(state["model"])
@@ -278,7 +270,7 @@ def train_segmentation(
                 segmentation_checkpoint(model, entry, data, epoch=epoch, val_dice=score, **counts),
                 best_path,
             )
-        save_training_state(
+        runtime.save_training_state(
             last_path,
             key,
             epoch,
@@ -294,7 +286,7 @@ def train_segmentation(
     on_step(model, epochs, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     dice = write_predictions(model, samples, rows, entry, ingest_dir, out_dir, device)
-    publish_trained(best_path, history, out_dir)
+    runtime.publish_trained(best_path, history, out_dir)
     with atomic_output(out_dir / "dice.parquet") as tmp:
         dice.to_parquet(tmp, index=False)
     summary: dict[str, Any] = {
