@@ -58,3 +58,57 @@ def test_patients_known_only_by_study_or_file_are_flagged_or_refused(caplog):
     with pytest.raises(SplitError, match=r"split\.allow_unidentified_patients: true"):
         identification_check(majority, False)
     assert identification_check(majority, True)[0] == 2
+
+
+def class_folder_set(folder, n_images: int, seed: int = 0):
+    """A resample folder of ``n_images`` one-image patients in three unequal classes (as a
+    class-folder ultrasound set with ``ingest.patient_from: file``)."""
+    from medtailor.tables import MANIFEST_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(["benign", "malignant", "normal"], size=n_images, p=[0.56, 0.27, 0.17])
+    ids = [f"img{i:04d}" for i in range(n_images)]
+    manifest = pd.DataFrame({column: "" for column in MANIFEST_COLUMNS}, index=range(n_images))
+    manifest["image_id"], manifest["patient_id"] = ids, [f"pat{i:04d}" for i in range(n_images)]
+    manifest["patient_id_source"] = "file"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(folder / "manifest.parquet")
+    pd.DataFrame(columns=["image_id"]).to_parquet(folder / "boxes.parquet")
+    pd.DataFrame({"image_id": ids, "label": labels}).to_parquet(folder / "classes.parquet")
+    return pd.DataFrame({"patient_id": manifest["patient_id"], "label": labels})
+
+
+def test_split_stratifies_classes_and_a_kept_split_moves_nobody(tmp_path):
+    from medtailor.split import read_split, run_split
+
+    params = {
+        "split": {
+            "fractions": [0.6, 0.2, 0.2],
+            "key": "k7",
+            "stratify": True,
+            "keep": None,
+            "allow_unidentified_patients": True,
+        }
+    }
+    labels = class_folder_set(tmp_path / "first", 700)
+    summary = run_split(tmp_path / "first", tmp_path / "first.csv", params)
+    first = read_split(tmp_path / "first.csv").merge(labels)
+    for label, rows in first.groupby("label"):
+        shares = rows["split"].value_counts(normalize=True)
+        for name, asked in zip(("train", "val", "test"), (0.6, 0.2, 0.2), strict=True):
+            assert abs(shares[name] - asked) <= 0.05, (label, name, shares[name])
+        assert summary["images_per_class"]["test"][label] == (rows["split"] == "test").sum()
+    assert summary["strata"]["normal"]["test"] == summary["images_per_class"]["test"]["normal"]
+
+    # 70 more images arrive: with the first split kept, no earlier patient moves and the
+    # new ones keep every class near its fractions.
+    grown = class_folder_set(tmp_path / "grown", 770)
+    assert grown.iloc[:700].equals(labels)
+    params["split"]["keep"] = str(tmp_path / "first.csv")
+    summary = run_split(tmp_path / "grown", tmp_path / "grown.csv", params)
+    after = read_split(tmp_path / "grown.csv").merge(grown)
+    kept = after.set_index("patient_id").loc[first["patient_id"], "split"]
+    assert (kept.to_numpy() == first["split"].to_numpy()).all()
+    assert summary["kept_patients"] == 700
+    for _, rows in after.groupby("label"):
+        assert abs((rows["split"] == "test").mean() - 0.2) <= 0.05

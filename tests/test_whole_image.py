@@ -79,7 +79,13 @@ def whole_image_params(repo_params: dict) -> dict:
     params = small(repo_params)
     params["ingest"]["assumed_radiograph_spacing_mm"] = 1.0
     params["resample"]["radiograph_spacing_mm"] = [1.0, 1.0]
-    params["patches"].update({"source": "whole_image", "size_2d": [32, 32]})
+    params["patches"].update(
+        {
+            "source": "whole_image",
+            "size_2d": [32, 32],
+            "intensity": {"radiograph": {"mode": "percentile", "range": [1.0, 99.0]}},
+        }
+    )
     params["train"].update({k: v for k, v in TINY_ENTRY.items() if k in params["train"]})
     params["train"].update({"epochs": 12, "batch_size": 8, "learning_rate": 0.05})
     params["models"] = {
@@ -236,25 +242,42 @@ def test_bad_classes_rows_are_audited_and_the_rest_kept(tmp_path, repo_params):
 
 @pytest.mark.slow
 def test_a_whole_image_project_runs_under_snakemake_without_a_detector(tmp_path, repo_params):
-    """``medtailor init`` a project on a folder of PNGs with a classes table: Snakemake
-    runs ingest to evaluate with no detector job, and DVC's stages agree."""
+    """``medtailor init --task whole-image`` on a folder of PNGs with a classes table:
+    params.yaml holds only that task's blocks, Snakemake runs ingest to evaluate with no
+    detector job and exits 0, dvc.lock then holds every stage that ran and ``dvc status`` is
+    clean (no synthetic demo stage)."""
+    from medtailor.config import load_params
+
     from .conftest import BIN, run
 
     project = tmp_path / "project"
-    run([str(BIN / "medtailor"), "init", str(project)], tmp_path)
     write_raw(project / "raw", "multiclass")
-    params = whole_image_params(repo_params)
-    params["ingest"]["input"] = "raw"
-    params["seg_models"] = {}
+    run(
+        [str(BIN / "medtailor"), "init", str(project), "--task", "whole-image", "--input", "raw"],
+        tmp_path,
+    )
+    params = load_params(project / "params.yaml")
+    assert set(params) == {
+        "seed", "ingest", "resample", "split", "patches", "train", "models", "evaluate",
+        "compute", "tracking",
+    }  # fmt: skip
+    assert "min_score" not in params["patches"] and "froc" not in params["evaluate"]
+    tiny = whole_image_params(repo_params)
+    for block in ("train", "models"):
+        params[block] = tiny[block]
+    params["patches"]["size_2d"] = tiny["patches"]["size_2d"]
+    params["evaluate"].update(gradcam_per_outcome=0, bootstrap_replicates=100)
+    params["ingest"]["assumed_radiograph_spacing_mm"] = 1.0
+    params["resample"]["radiograph_spacing_mm"] = [1.0, 1.0]
+    # Models renamed after init: the workflow regenerates dvc.yaml from params.yaml itself.
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([str(BIN / "python"), "-m", "medtailor.workflow.dvc_stages", str(project)], tmp_path)
     snakemake = str(BIN / "snakemake")
     plan = run([snakemake, "-n", "--nocolor"], project).stdout
     jobs = set(re.findall(r"^rule (\w+):", plan, re.M))
     assert jobs == {"ingest", "resample", "split", "patches", "train", "evaluate", "all"}
     assert "--candidates" not in plan
     dvc_stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
-    assert dvc_stages == {"synth", "ingest", "resample", "split", "patches", "train", "evaluate"}
+    assert dvc_stages == {"ingest", "resample", "split", "patches", "train", "evaluate"}
 
     run([snakemake, "--cores", "2"], project)
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
@@ -262,6 +285,14 @@ def test_a_whole_image_project_runs_under_snakemake_without_a_detector(tmp_path,
     assert "multi-class" in (project / "data" / "evaluate" / "report.md").read_text()
     assert (project / "plots" / "patches_classes.png").is_file()
     assert "Nothing to be done" in run([snakemake, "-n"], project).stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {
+        "ingest", "resample", "split", "patches", "train@tiny_linear", "train@tiny_nonlinear",
+        "evaluate",
+    }  # fmt: skip
+    status = run([str(BIN / "dvc"), "status"], project).stdout
+    assert "up to date" in status, status
+    assert not (project / "data" / "synth").exists()
 
 
 def test_whole_images_with_the_search_enabled_are_refused_before_any_work(repo_params):

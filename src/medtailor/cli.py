@@ -21,6 +21,7 @@ from typing import Any
 from medtailor import __version__
 from medtailor.config import ParamsError, load_params
 from medtailor.tracking import Terminated, log_step_metrics
+from medtailor.workflow import TASKS
 
 log = logging.getLogger("medtailor")
 DATA = Path("data")
@@ -157,7 +158,8 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     from medtailor.evaluate import run_evaluate as evaluate
     from medtailor.evaluate import trained_folders
 
-    folders = trained_folders(args.trained, args.models)
+    classified = str(args.input) != "none"  # "none": a project that segments only
+    folders = trained_folders(args.trained, args.models) if classified else {}
     names = sorted(folders)
     from medtailor.evaluate.segmentation import segmentation_folders
 
@@ -166,7 +168,7 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     search_seg = None if str(args.search_seg) == "none" else args.search_seg
     summary = evaluate(
         folders,
-        args.input,
+        args.input if classified else None,
         args.resample,
         args.split,
         args.output,
@@ -403,7 +405,8 @@ STAGES = [
     Stage(
         "split",
         run_split,
-        "Assign every patient to train/val/test (params 'split'), stratified on lesions; "
+        "Assign every patient to train/val/test (params 'split'), stratified by the patients' "
+        "label (lesion or not, or class); "
         "computed once and used by the detector and the patches.",
         DATA / "split" / "split.csv",
         {"input": (DATA / "resample", "resample output folder")},
@@ -844,7 +847,7 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
 def init_command(args: argparse.Namespace) -> dict[str, Any]:
     from medtailor.workflow import init_project
 
-    for step in init_project(args.folder, args.input):
+    for step in init_project(args.folder, args.input, args.task):
         print(f"  {step}")
     where = (
         f"  params.yaml reads your data from {args.input} (ingest.input); review models, "
@@ -889,9 +892,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--threads",
             type=int,
-            default=None,
+            default=1,
             help="CPU threads for torch and numerical libraries (Snakemake passes the rule's "
-            "threads; default: the library defaults)",
+            "threads; default 1: a library's own default takes every core, which on a "
+            "shared machine made detection 6x slower)",
         )
         metrics = METRICS / f"{stage.name.replace('-', '_')}.json"
         p.add_argument(
@@ -927,6 +931,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="raw data folder, written as ingest.input (default: the synthetic demo's)",
+    )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="demo",
+        help="what the project runs: demo (every stage, default), detection (detector, "
+        "candidate patches, classifiers), whole-image (one sample per image of "
+        "annotations/classes.csv) or segmentation (3D networks on annotations/labels.csv); "
+        "params.yaml then holds only that task's blocks",
     )
     p.set_defaults(func=init_command, needs_params=False)
     p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")

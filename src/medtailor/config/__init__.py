@@ -48,28 +48,91 @@ ORDERED_KEYS = [
 ]
 
 
+def runs_classification(params: dict[str, Any]) -> bool:
+    """The project trains classifiers (a ``patches`` block: detector candidates or whole
+    images)."""
+    return "patches" in params
+
+
+def runs_detector(params: dict[str, Any]) -> bool:
+    """Classifiers of detector candidates: the detector stages run (or read the user's boxes)."""
+    return runs_classification(params) and params["patches"]["source"] == "candidates"
+
+
+def runs_segmentation(params: dict[str, Any]) -> bool:
+    """The project trains 3D segmentation networks (a ``train_seg`` block)."""
+    return "train_seg" in params
+
+
+def enabled(params: dict[str, Any], block: str) -> bool:
+    """An optional block with an ``enabled`` switch is present and switched on."""
+    return bool(params.get(block, {}).get("enabled"))
+
+
+# evaluate's keys for classifiers (a project that segments only needs none of them).
+CLASSIFIER_EVALUATE_KEYS = ("operating_point", "gradcam_per_outcome", "cam_method", "evidence")
+# The synthetic demo set: a project reading it needs the synth block that makes it.
+SYNTH_INPUT = "data/synth"
+
+
+def task_errors(params: dict[str, Any]) -> list[str]:
+    """Blocks a project's tasks need beyond what the schema can say."""
+    errors = []
+    if not runs_classification(params) and not runs_segmentation(params):
+        errors.append(
+            "params.yaml runs no task: add the patches, train and models blocks (classification) "
+            "or train_seg and seg_models (3D segmentation); medtailor init --task writes them"
+        )
+    if runs_classification(params):
+        missing = [key for key in CLASSIFIER_EVALUATE_KEYS if key not in params["evaluate"]]
+        if missing:
+            errors.append(f"evaluate: the classifiers' evaluation needs {missing} (see the schema)")
+    if runs_detector(params):
+        for block, why in (
+            ("detector", "the detector finds the candidates"),
+            ("froc", "evaluate.froc scores the candidates"),
+        ):
+            present = block in params or block in params["evaluate"]
+            if not present:
+                errors.append(
+                    f"patches.source is candidates but params.yaml has no {block} block ({why}); "
+                    "for one sample per image set patches.source: whole_image"
+                )
+    if params["ingest"]["input"] == SYNTH_INPUT and "synth" not in params:
+        errors.append(
+            f"ingest.input is {SYNTH_INPUT} (the synthetic demo set) but params.yaml has no synth "
+            "block to make it: set ingest.input to your data folder"
+        )
+    return errors
+
+
 def cross_field_errors(params: dict[str, Any]) -> list[str]:
     """Relations between keys, checked after the schema so every key exists and has its type."""
-    errors = []
+    errors = task_errors(params)
+    if errors:
+        return errors
     for low, high in ORDERED_KEYS:
-        if lookup(params, low) > lookup(params, high):
-            errors.append(
-                f"{low} ({lookup(params, low)}) must not exceed {high} ({lookup(params, high)})"
-            )
+        try:
+            low_value, high_value = lookup(params, low), lookup(params, high)
+        except KeyError:  # a block the project's task does not have
+            continue
+        if low_value > high_value:
+            errors.append(f"{low} ({low_value}) must not exceed {high} ({high_value})")
     fractions = params["split"]["fractions"]
     if abs(sum(fractions) - 1.0) > 1e-6:
         errors.append(f"split.fractions {fractions} must sum to 1 (they sum to {sum(fractions):g})")
+    detector = params.get("detector", {})
     for kind in ("radiograph", "volume"):
-        for key, bounds in params["detector"].get(kind, {}).get("augment", {}).items():
+        for key, bounds in detector.get(kind, {}).get("augment", {}).items():
             if key.endswith("_range") and bounds[0] > bounds[1]:
                 errors.append(f"detector.{kind}.augment.{key} {bounds}: low exceeds high")
-    backbone = params["detector"]["volume"].get("backbone", "resnet")
+    backbone = detector.get("volume", {}).get("backbone", "resnet")
     if backbone != "resnet":
         errors.append(
             f"detector.volume.backbone ({backbone}) must be resnet: timm backbones are 2D and "
             "no 3D ImageNet weights exist"
         )
-    segmentation = {"train_seg": {}, **params["seg_models"]} if "train_seg" in params else {}
+    segmentation = {"train_seg": {}, **params["seg_models"]} if runs_segmentation(params) else {}
     for name, entry in segmentation.items():
         recipe = {**params["train_seg"], **entry.get("recipe", {})}
         where = "train_seg" if name == "train_seg" else f"seg_models.{name}.recipe"

@@ -42,6 +42,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "detector.sliding_window_overlap",
     ),
     "patches": ("patches", "detector.radiograph.intensity", "detector.volume.intensity"),
+    # Whole images are scaled by patches.intensity (no detector).
+    "patches_whole_image": ("patches",),
     "train": ("seed", "train", "models.{model}", "compute.gpus"),
     "train_seg": ("seed", "train_seg", "seg_models.{model}"),
     # Candidates train with the train recipe under search's overrides and are scored by
@@ -71,6 +73,18 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "patches.context",
         "patches.square",
     ),
+    # Whole-image samples (patches.source: whole_image): no detector, no boxes, no FROC.
+    "evaluate_whole_image": (
+        "seed",
+        "evaluate.bootstrap_replicates",
+        "evaluate.confidence_level",
+        "evaluate.operating_point",
+        "evaluate.evidence",
+        "evaluate.cam_method",
+        "evaluate.gradcam_per_outcome",
+    ),
+    # 3D segmentation alone: the Dice statistics.
+    "evaluate_segmentation": ("seed", "evaluate.bootstrap_replicates", "evaluate.confidence_level"),
     # A study's configurations train with the train recipe under the study's block (Snakemake
     # compares each configuration's expanded entry instead: medtailor.study).
     "study_train": ("seed", "train", "studies.{study}", "compute.gpus"),
@@ -107,10 +121,28 @@ def _all_keys(params: Mapping[str, Any]) -> list[set[str]]:
     return found
 
 
-def stage_keys(stage: str, model: str | None = None, study: str | None = None) -> list[str]:
-    """The dotted keys ``stage`` reads (``models.{model}`` filled in when ``model`` is
-    given, ``studies.{study}`` when ``study`` is)."""
+def task_stage(stage: str, params: Mapping[str, Any] | None) -> str:
+    """The entry of STAGE_KEYS for ``stage`` in a project with ``params``: the keys follow
+    the task (evaluate of whole-image samples reads no detector or FROC key)."""
     stage = stage.replace("-", "_")
+    whole_image = params is not None and params.get("patches", {}).get("source") == "whole_image"
+    if whole_image and stage in ("evaluate", "patches"):
+        return f"{stage}_whole_image"
+    if stage == "evaluate" and params is not None and "patches" not in params:
+        return "evaluate_segmentation"
+    return stage
+
+
+def stage_keys(
+    stage: str,
+    model: str | None = None,
+    study: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The dotted keys ``stage`` reads (``models.{model}`` filled in when ``model`` is
+    given, ``studies.{study}`` when ``study`` is) in a project with ``params`` (when given:
+    some stages' keys follow the task)."""
+    stage = task_stage(stage, params)
     keys = STAGE_KEYS[stage]
     keys = [key.replace("{model}", model) if model else key for key in keys]
     return [key.replace("{study}", study) if study else key for key in keys]
@@ -123,8 +155,10 @@ def lookup(params: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _read_keys(stage: str, model: str | None, study: str | None = None) -> list[str]:
-    keys = stage_keys(stage, model, study)
+def _read_keys(
+    stage: str, model: str | None, study: str | None, params: Mapping[str, Any]
+) -> list[str]:
+    keys = stage_keys(stage, model, study, params)
     if any("{model}" in key for key in keys):
         raise ValueError(f"medtailor {stage} reads one model configuration: name it")
     if any("{study}" in key for key in keys):
@@ -137,7 +171,9 @@ def stage_values(
 ) -> dict:
     """``{dotted key: value}`` of the keys ``stage`` reads: what Snakemake compares to decide
     whether params changed."""
-    return {key: copy.deepcopy(lookup(params, key)) for key in _read_keys(stage, model, study)}
+    return {
+        key: copy.deepcopy(lookup(params, key)) for key in _read_keys(stage, model, study, params)
+    }
 
 
 def stage_view(
@@ -145,7 +181,7 @@ def stage_view(
 ) -> dict:
     """The part of ``params`` that ``stage`` may read, nested as in params.yaml (plain
     dicts: it is saved in checkpoints)."""
-    keys = _read_keys(stage, model, study) + list(ALWAYS_VISIBLE)
+    keys = _read_keys(stage, model, study, params) + list(ALWAYS_VISIBLE)
     view: dict[str, Any] = {}
     for key in keys:
         *parents, last = key.split(".")

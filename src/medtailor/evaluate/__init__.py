@@ -178,9 +178,40 @@ def trained_folders(paths: list[Path], names: list[str] | None = None) -> dict[s
     return found
 
 
+def evaluate_segmentation_only(
+    segmentation: dict[str, Path], search_seg: Path | None, out_dir: Path, params: dict[str, Any]
+) -> dict[str, Any]:
+    """A project of 3D segmentation alone: the Dice of every segmentation model (and the
+    segmentation search's selection), its report and flat metrics."""
+    from medtailor.evaluate.report import segmentation_report
+
+    if not segmentation:
+        raise EvaluationInputError("no segmentation model to evaluate (seg_models is empty)")
+    cfg, seed = params["evaluate"], int(params["seed"])
+    replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "segmentation": _clean(evaluate_segmentation(segmentation, replicates, level, seed))
+    }
+    curves_figure = dice_curves(segmentation, out_dir)
+    if curves_figure is not None:
+        summary["segmentation"]["figure"] = f"figures/{curves_figure.name}"
+    if search_seg is not None:
+        summary["search_seg"] = _clean(search_seg_section(search_seg, out_dir))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    segmentation_report(summary, out_dir, params)
+    return _clean(
+        {
+            f"{name}_test_dice_{row['class']}": row["dice"]
+            for name, result in summary["segmentation"]["models"].items()
+            for row in result["test"]
+        }
+    )
+
+
 def run_evaluate(
     models: dict[str, Path],
-    store_dir: Path,
+    store_dir: Path | None,
     resample_dir: Path,
     split_csv: Path,
     out_dir: Path,
@@ -204,6 +235,8 @@ def run_evaluate(
     )
     from medtailor.train.architecture import load_classifier
 
+    if store_dir is None:
+        return evaluate_segmentation_only(segmentation or {}, search_seg, out_dir, params)
     cfg, seed = params["evaluate"], int(params["seed"])
     store = PatchStore(store_dir)
     if store.task().get("samples") == "whole_image":

@@ -488,6 +488,19 @@ def _search_seg_lines(search: dict) -> list[str]:
     return [*lines, ""]
 
 
+def segmentation_report(summary: dict, out: Path, params: dict) -> Path:
+    """report.md of a project that segments only."""
+    cfg = params["evaluate"]
+    level = round(100 * float(cfg["confidence_level"]))
+    lines = ["# medtailor evaluation report: 3D segmentation", ""]
+    lines += _segmentation_lines(summary["segmentation"], level, int(cfg["bootstrap_replicates"]))
+    if summary.get("search_seg"):
+        lines += _search_seg_lines(summary["search_seg"])
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_report(
     summary: dict,
     table: pd.DataFrame,

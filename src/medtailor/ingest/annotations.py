@@ -178,3 +178,57 @@ def load_annotations(root: Path, tables: dict[str, str], audit: Audit) -> Annota
     if classes_rel and (root / classes_rel).is_file():
         _load_classes(root, classes_rel, found, audit)
     return found
+
+
+def _has_rows(path: Path) -> bool:
+    """A CSV table with at least one row after its header."""
+    if not path.is_file():
+        return False
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        return sum(1 for line in handle if line.strip()) > 1
+
+
+def task_input_errors(params: dict[str, Any]) -> list[str]:
+    """What the project's tasks need from its raw data and the data lacks, each naming the
+    table to add or the key to change: checked before any job (the Snakefile) and by
+    ingest. Nothing to say when the input is the synthetic set (made by the pipeline) or
+    does not exist yet (ingest then says so)."""
+    from medtailor.config import SYNTH_INPUT, runs_classification, runs_detector, runs_segmentation
+
+    cfg = params["ingest"]
+    root = Path(cfg["input"])
+    if cfg["input"] == SYNTH_INPUT or not root.is_dir():
+        return []
+    tables = cfg["annotations"]
+    errors = []
+    builtin = runs_detector(params) and params["detector"]["source"] == "builtin"
+    if builtin and not _has_rows(root / tables["boxes"]):
+        errors.append(
+            f"{root / tables['boxes']}: the detector trains on lesion boxes and this table is "
+            "missing or empty; add it (source,x0,y0,x1,y1), set detector.source: external "
+            "with your own candidates, or classify whole images (patches.source: whole_image)"
+        )
+    whole_image = runs_classification(params) and not runs_detector(params)
+    if whole_image and not _has_rows(root / tables.get("classes", "")):
+        errors.append(
+            f"{root / tables.get('classes', '')}: patches.source is whole_image and this "
+            "classes table is missing or empty; add it (source,label), or set "
+            "ingest.annotations.classes to yours"
+        )
+    if runs_segmentation(params) and not _has_rows(root / tables["labels"]):
+        errors.append(
+            f"{root / tables['labels']}: 3D segmentation (train_seg, seg_models) trains on "
+            "label maps and this table of them is missing or empty; add it (source,label), or "
+            "remove the train_seg and seg_models blocks"
+        )
+    return errors
+
+
+def check_task_inputs(params: dict[str, Any]) -> None:
+    """Raise ParamsError listing ``task_input_errors``."""
+    from medtailor.config import ParamsError
+
+    errors = task_input_errors(params)
+    if errors:
+        listed = "\n".join(f"  - {line}" for line in errors)
+        raise ParamsError(f"params.yaml asks for what the data cannot feed:\n{listed}")

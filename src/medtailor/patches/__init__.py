@@ -148,6 +148,18 @@ def run_patches(
     for stale in [*out_dir.glob("*.npy"), out_dir / FINGERPRINT]:
         stale.unlink(missing_ok=True)
     sizes = {"radiograph": tuple(cfg["size_2d"]), "volume": tuple(cfg["size_3d"])}
+    # Candidate patches are scaled as the detector saw them; whole images by their own block.
+    scaling = (
+        cfg["intensity"]
+        if cfg["source"] == "whole_image"
+        else {kind: params["detector"][kind]["intensity"] for kind in sizes}
+    )
+    missing = set(index["kind"]) - set(scaling)
+    if missing:
+        raise PatchesInputError(
+            f"patches.intensity has no entry for the {sorted(missing)} images of the classes "
+            "table: add one ({mode: percentile, range: [1.0, 99.0]} for radiographs)"
+        )
     counts = index.groupby(["kind", "split"]).size().to_dict()
     writer = PatchWriter(out_dir, counts, sizes, cfg["dtype"])
     by_id = manifest.set_index("image_id")
@@ -156,7 +168,7 @@ def run_patches(
         ndim, kind = int(row["ndim"]), row["kind"]
         image, _ = load_nifti(resample_dir / row["image_path"])
         image = first_channel(image, ndim)
-        intensity = params["detector"][kind]["intensity"]
+        intensity = scaling[kind]
         scaled = scale_intensity(image, intensity_bounds(image, intensity))
         for _, patch in group.iterrows():
             box = patch[box_columns(ndim)].to_numpy(float)

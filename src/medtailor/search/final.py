@@ -40,7 +40,7 @@ def finalist_names(params: dict[str, Any]) -> list[str]:
 
 def final_model_names(params: dict[str, Any]) -> list[str]:
     """Every model the search adds to ``data/models`` (empty when the search is off)."""
-    if not params["search"]["enabled"]:
+    if not params.get("search", {}).get("enabled"):
         return []
     return [*finalist_names(params), REFERENCE, REFERENCE_SCRATCH, WINNER_SCRATCH]
 

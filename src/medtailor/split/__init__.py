@@ -1,14 +1,20 @@
 """``medtailor split``: one patient-level train/val/test split, computed once, used everywhere.
 
-Patients (never images) are assigned, so no patient spans two splits. Each patient's split
-is a function of ``split.key`` and its own pseudonym alone: a keyed hash (sha256 of key
-and patient id) places it in [0, 1), cut at the cumulative fractions. Adding or removing a
-patient therefore never moves another one, so a growing dataset keeps its test patients
-out of training; and the key is not the training ``seed``, so runs with several training
-seeds share one split. Proportions (and the share of patients with lesions per split) hold
-in expectation: with few patients they can be far off, so the summary reports them and
-warns when a split is more than 10 points from its fraction or has no lesion patient
-(another ``split.key`` draws another assignment).
+Patients (never images) are assigned, so no patient spans two splits. Patients are
+stratified by their label (``stratum``: has a lesion or not for boxes and binary targets,
+the patient's most frequent class for multi-class ones), and within each stratum they are
+taken in the order of a keyed hash (sha256 of ``split.key`` and the patient id), each going
+to the split furthest below its fraction. Every stratum then holds the fractions to within
+one patient, and another key draws another assignment; the key is not the training
+``seed``, so runs with several training seeds share one split.
+
+Stratification needs the other patients: a patient added to a stratum can move a patient at
+its cut points. Two ways to keep a test set fixed while the data grows:
+``split.keep`` names an earlier split table whose patients keep their split (the new ones
+fill each stratum towards the fractions), and ``split.stratify: false`` places each patient
+by its own hash alone (never moved by others; proportions then only hold in expectation).
+The summary counts patients, images and patients with lesions per split and class, and
+warns when a split is more than 10 points from its fraction or has no lesion patient.
 
 Patients that ingest could identify only by their study or their file (no PatientID, name
 or birth date, and no subjects table) may be one person under several ids, which would
@@ -29,7 +35,7 @@ import pandas as pd
 
 from medtailor.imageio import atomic_output
 from medtailor.tables import read_boxes, read_classes, read_manifest
-from medtailor.targets import positive_images
+from medtailor.targets import classification_task, positive_images, target_codes
 
 SPLITS = ("train", "val", "test")
 UNIDENTIFIED_SOURCES = ("study", "file")
@@ -51,13 +57,80 @@ def hash_position(patient_ids: Sequence[str], key: str) -> np.ndarray:
     )
 
 
-def assign_splits(patients: pd.DataFrame, fractions: Sequence[float], key: str) -> pd.DataFrame:
-    """``patients`` has ``patient_id`` (and any other columns); returns it, sorted by
-    patient, with a ``split`` column from the keyed hash of each patient id."""
+def assign_splits(
+    patients: pd.DataFrame,
+    fractions: Sequence[float],
+    key: str,
+    stratify: bool = True,
+    keep: pd.Series | None = None,
+) -> pd.DataFrame:
+    """``patients`` has ``patient_id`` (and, to stratify, ``stratum``); returns it, sorted
+    by patient, with a ``split`` column.
+
+    Unstratified, each patient's keyed hash position in [0, 1) is cut at the cumulative
+    fractions. Stratified, each stratum's patients are taken in keyed-hash order and each
+    goes to the split furthest below its share of the stratum so far; ``keep`` (patient id
+    -> split) fixes the patients it names, which count towards their strata first."""
     ordered = patients.sort_values("patient_id").reset_index(drop=True)
-    edges = np.cumsum(np.asarray(fractions, float) / float(np.sum(fractions)))[:-1]
-    index = np.searchsorted(edges, hash_position(ordered["patient_id"], key), side="right")
-    return ordered.assign(split=np.asarray(SPLITS, dtype=object)[index])
+    position = hash_position(ordered["patient_id"], key)
+    share = np.asarray(fractions, float) / float(np.sum(fractions))
+    if not stratify or "stratum" not in ordered:
+        index = np.searchsorted(np.cumsum(share)[:-1], position, side="right")
+        split = np.asarray(SPLITS, dtype=object)[index]
+        if keep is not None:
+            kept = ordered["patient_id"].map(keep)
+            split = np.where(kept.notna(), kept, split)
+        return ordered.assign(split=split)
+    kept = ordered["patient_id"].map(keep) if keep is not None else pd.Series(np.nan, ordered.index)
+    split = kept.to_numpy(dtype=object)
+    for _, rows in ordered.groupby("stratum", sort=True).groups.items():
+        rows = np.asarray(rows)
+        counts = np.array([(split[rows] == name).sum() for name in SPLITS], float)
+        for row in rows[np.argsort(position[rows], kind="stable")]:
+            if isinstance(split[row], str):
+                continue
+            chosen = int(np.argmax(share * (counts.sum() + 1) - counts))
+            split[row] = SPLITS[chosen]
+            counts[chosen] += 1
+    return ordered.assign(split=split)
+
+
+def patient_strata(per_image: pd.DataFrame, classes: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per patient: ``has_lesion``, ``n_images`` and ``stratum``, the label the
+    split balances (lesion or none; with multi-class targets the patient's most frequent
+    class, ties to the first class)."""
+    patients = per_image.groupby("patient_id", as_index=False).agg(
+        has_lesion=("has_lesion", "any"),
+        n_images=("image_id", "size"),
+        patient_id_source=("patient_id_source", "first"),
+    )
+    patients["stratum"] = np.where(patients["has_lesion"], "lesion", "no lesion")
+    if classes is not None and classification_task(classes)["task"] == "multiclass":
+        task = classification_task(classes)
+        coded = target_codes(classes, task).merge(per_image[["image_id", "patient_id"]])
+        most = (
+            coded.groupby(["patient_id", "label"])
+            .size()
+            .rename("n")
+            .reset_index()
+            .sort_values(["patient_id", "n", "label"], ascending=[True, False, True])
+            .drop_duplicates("patient_id")
+        )
+        names = dict(
+            zip(most["patient_id"], [task["classes"][c] for c in most["label"]], strict=True)
+        )
+        patients["stratum"] = patients["patient_id"].map(names).fillna("unlabelled")
+    return patients
+
+
+def read_kept_split(path: Path) -> pd.Series:
+    """patient id -> split of an earlier split table (``split.keep``)."""
+    if not path.is_file():
+        raise SplitError(f"{path}: split.keep names no file (an earlier data/split/split.csv)")
+    table = read_split(path)
+    if not {"patient_id", "split"} <= set(table) or not table["split"].isin(SPLITS).all():
+        raise SplitError(f"{path}: split.keep needs columns patient_id and split (train/val/test)")
+    return table.set_index("patient_id")["split"]
 
 
 def identification_check(patients: pd.DataFrame, allow_unidentified: bool) -> tuple[int, list[str]]:
@@ -108,18 +181,33 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
         positive_images(classes) if classes is not None else set()
     )
     per_image = manifest.assign(has_lesion=manifest["image_id"].isin(lesion_images))
-    patients = per_image.groupby("patient_id", as_index=False).agg(
-        has_lesion=("has_lesion", "any"),
-        n_images=("image_id", "size"),
-        patient_id_source=("patient_id_source", "first"),
-    )
+    patients = patient_strata(per_image, classes)
     unidentified, warnings = identification_check(
         patients, bool(cfg["allow_unidentified_patients"])
     )
-    split = assign_splits(patients, cfg["fractions"], str(cfg["key"]))
+    keep = read_kept_split(Path(cfg["keep"])) if cfg.get("keep") else None
+    split = assign_splits(patients, cfg["fractions"], str(cfg["key"]), cfg["stratify"], keep)
     with atomic_output(out_csv) as tmp:
         split.to_csv(tmp, index=False)
-    summary: dict[str, Any] = {"patients": len(split), "unidentified_patients": unidentified}
+    summary: dict[str, Any] = {
+        "patients": len(split),
+        "unidentified_patients": unidentified,
+        "kept_patients": int(split["patient_id"].isin(keep.index).sum()) if keep is not None else 0,
+        # Patients per split of each stratum (lesion / no lesion, or class).
+        "strata": {
+            str(stratum): {name: int((rows["split"] == name).sum()) for name in SPLITS}
+            for stratum, rows in split.groupby("stratum")
+        },
+    }
+    if classes is not None:
+        task = classification_task(classes)
+        coded = target_codes(classes, task).merge(per_image[["image_id", "patient_id"]])
+        coded = coded.merge(split[["patient_id", "split"]])
+        if task["task"] == "multiclass":  # images of each class per split
+            summary["images_per_class"] = {
+                name: {c: int((rows["label"] == k).sum()) for k, c in enumerate(task["classes"])}
+                for name, rows in ((n, coded[coded["split"] == n]) for n in SPLITS)
+            }
     for name in SPLITS:
         chosen = split[split["split"] == name]
         summary[f"{name}_patients"] = len(chosen)

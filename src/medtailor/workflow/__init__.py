@@ -21,8 +21,96 @@ PROJECT_TEMPLATE = PACKAGE_DIR / "project"
 TEMPLATE_FILES = ("Snakefile", "params.yaml", "profiles/default/config.yaml", "slurm/config.yaml")
 
 
+# What `medtailor init --task` writes: the demo (every stage, on the synthetic set) or the
+# blocks of one task, with the demo's extras (search, studies, the third model) off.
+TASKS = ("demo", "detection", "whole-image", "segmentation")
+# Top-level blocks each task leaves out of params.yaml (synth too when --input is given).
+TASK_DROPS = {
+    "demo": (),
+    "detection": ("train_seg", "seg_models", "search_seg", "studies"),
+    "whole-image": ("detector", "search", "train_seg", "seg_models", "search_seg", "studies"),
+    "segmentation": ("detector", "patches", "train", "models", "search", "studies"),
+}
+# Keys inside a block that a task leaves out.
+TASK_NESTED_DROPS = {
+    "detection": {"models": ("resnet18_scratch",)},
+    "whole-image": {
+        "models": ("resnet18_scratch",),
+        "patches": ("min_score", "positive_iou", "negative_iou", "context", "padding", "square"),
+        "evaluate": ("froc",),
+    },
+    "segmentation": {
+        "evaluate": ("froc", "operating_point", "gradcam_per_outcome", "cam_method", "evidence"),
+    },
+}
+WHOLE_IMAGE_PATCHES = """  source: whole_image
+  # Each image is scaled to [0, 1] between its own 1st and 99th percentiles (radiographs,
+  # ultrasound, photographs); CT volumes would use a window: {mode: window, range: [lo, hi]}.
+  intensity:
+    radiograph: {mode: percentile, range: [1.0, 99.0]}
+"""
+
+
 class ProjectExistsError(FileExistsError):
     """The target folder already holds a medtailor project."""
+
+
+def top_level_sections(text: str) -> list[tuple[str | None, list[str]]]:
+    """params.yaml text as (top-level key, its lines with the comments just above it); the
+    file's header comments come first with key None."""
+    sections: list[tuple[str | None, list[str]]] = [(None, [])]
+    pending: list[str] = []
+    for line in text.splitlines(keepends=True):
+        match = re.match(r"^([A-Za-z_]\w*):", line)
+        if match:
+            sections.append((match.group(1), [*pending, line]))
+            pending = []
+        elif line.startswith("#") or not line.strip():
+            pending.append(line)
+        else:
+            sections[-1][1].extend([*pending, line])
+            pending = []
+    sections[-1][1].extend(pending)
+    return sections
+
+
+def drop_nested(lines: list[str], key: str) -> list[str]:
+    """``lines`` of a block without its two-space-indented ``key`` (its value, deeper lines
+    and the comments right above it)."""
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" "))
+        if skipping and line.strip() and indent > 2:
+            continue
+        skipping = False
+        if re.match(rf"^  {re.escape(key)}:", line):
+            while kept and kept[-1].startswith("  #"):
+                kept.pop()
+            skipping = True
+            continue
+        kept.append(line)
+    return kept
+
+
+def task_params_text(text: str, task: str, with_synth: bool) -> str:
+    """The demo's params.yaml ``text`` cut to ``task``'s blocks (comments kept)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    drops = set(TASK_DROPS[task]) | (set() if with_synth else {"synth"})
+    parts = []
+    for key, lines in top_level_sections(text):
+        if key in drops:
+            continue
+        for nested in TASK_NESTED_DROPS.get(task, {}).get(key or "", ()):
+            lines = drop_nested(lines, nested)
+        block = "".join(lines)
+        if task == "whole-image" and key == "patches":
+            block = re.sub(r"^  source: .*\n", WHOLE_IMAGE_PATCHES, block, count=1, flags=re.M)
+        if task != "demo" and key in ("search", "search_seg"):
+            block = re.sub(r"^  enabled: true$", "  enabled: false", block, count=1, flags=re.M)
+        parts.append(block)
+    return "".join(parts)
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
@@ -49,13 +137,21 @@ def _commit(folder: Path, message: str) -> str:
     return _git(folder, "rev-parse", "HEAD").stdout.strip()
 
 
-def init_project(folder: Path, raw_input: Path | None = None) -> list[str]:
-    """Make ``folder`` a medtailor project: params.yaml (the demo's, reading ``raw_input``
-    when given), a Snakefile that runs the installed workflow as a module, the local and
-    Slurm profiles, dvc.yaml, .gitignore, a git repository and DVC, first commit included.
-    Returns what was done, one line per step."""
+def init_project(folder: Path, raw_input: Path | None = None, task: str = "demo") -> list[str]:
+    """Make ``folder`` a medtailor project: params.yaml (the demo's, or only ``task``'s
+    blocks; reading ``raw_input`` when given), a Snakefile that runs the installed workflow
+    as a module, the local and Slurm profiles, dvc.yaml, .gitignore, a git repository and
+    DVC, first commit included. Returns what was done, one line per step."""
+    from medtailor.config import SYNTH_INPUT
     from medtailor.workflow.dvc_stages import write_dvc_yaml
 
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if task == "whole-image" and raw_input is None:
+        raise ValueError(
+            "--task whole-image needs --input: the synthetic demo set has no whole-image "
+            "classes (give a folder of images with annotations/classes.csv)"
+        )
     folder = folder.resolve()
     for name in ("params.yaml", "Snakefile", "dvc.yaml"):
         if (folder / name).exists():
@@ -66,10 +162,12 @@ def init_project(folder: Path, raw_input: Path | None = None) -> list[str]:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_TEMPLATE / name, target)
-    if raw_input is not None:  # edit the text, so the comments stay
-        text = (folder / "params.yaml").read_text()
+    # Edit the text, so the comments stay.
+    text = (folder / "params.yaml").read_text()
+    if raw_input is not None:
         text = re.sub(r"^  input: .*$", f"  input: {raw_input}", text, count=1, flags=re.M)
-        (folder / "params.yaml").write_text(text)
+    reads_synth = raw_input is None or str(raw_input) == SYNTH_INPUT
+    (folder / "params.yaml").write_text(task_params_text(text, task, reads_synth))
     done.append(f"wrote {', '.join(TEMPLATE_FILES)}")
     write_dvc_yaml(folder / "dvc.yaml")
     gitignore = folder / ".gitignore"

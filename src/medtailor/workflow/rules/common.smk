@@ -3,6 +3,13 @@ ENV = "../envs/medtailor.yaml"
 PARAMS = "params.yaml"
 
 
+# The tasks the project's params.yaml holds blocks for (medtailor init --task): the
+# Snakefile includes only their rules.
+RUNS_CLASSIFICATION = runs_classification(config)
+RUNS_DETECTOR = runs_detector(config)
+RUNS_SEGMENTATION = runs_segmentation(config)
+
+
 def detector_source():
     """Candidates come from the trained detector, or from the user's own box file."""
     if config["detector"]["source"] == "external":
@@ -11,8 +18,8 @@ def detector_source():
 
 
 # Whole-image samples (patches.source: whole_image) need no detector: the patches rule
-# then reads no candidates, so neither detector rule runs.
-WHOLE_IMAGE = config["patches"]["source"] == "whole_image"
+# then reads no candidates, and the detector rules are not included.
+WHOLE_IMAGE = RUNS_CLASSIFICATION and not RUNS_DETECTOR
 PATCH_PLOT = "plots/patches_classes" if WHOLE_IMAGE else "plots/patches_iou"
 
 
@@ -36,7 +43,7 @@ STUDY_REPORTS = expand("data/studies/{study}/report", study=enabled_studies(conf
 
 
 # The search (rules/search.smk): generations of `workers` candidates within `budget`.
-SEARCH = config["search"]
+SEARCH = config.get("search", {"budget": 0, "workers": 1})
 SEARCH_GENERATIONS = -(-SEARCH["budget"] // SEARCH["workers"])
 SEARCH_FINALS = final_model_names(config)
 SEARCH_FINALISTS = [name for name in SEARCH_FINALS if name.startswith("nas_top")]
@@ -57,7 +64,9 @@ def told_before(wildcards):
 
 # The segmentation search (rules/search_seg.smk): the initial generation (clusters x
 # initial_per_cluster topologies), then generations of `workers` within `budget`.
-SEARCH_SEG = config["search_seg"]
+SEARCH_SEG = config.get(
+    "search_seg", {"clusters": 0, "initial_per_cluster": 0, "budget": 0, "workers": 1}
+)
 SEARCH_SEG_INITIAL = min(
     SEARCH_SEG["clusters"] * SEARCH_SEG["initial_per_cluster"], SEARCH_SEG["budget"]
 )

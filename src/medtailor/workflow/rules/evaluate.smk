@@ -1,12 +1,20 @@
 rule evaluate:
     input:
-        store=rules.patches.output.store,
+        store=rules.patches.output.store if RUNS_CLASSIFICATION else [],
         data=rules.resample.output.data,
         split=rules.split.output.table,
-        models=expand(rules.train.output.model, model=config["models"]),
+        models=(
+            expand(rules.train.output.model, model=config["models"])
+            if RUNS_CLASSIFICATION
+            else []
+        ),
         search=expand("data/models/{final}", final=SEARCH_FINALS),
         search_summary=rules.search_summary.output.summary if SEARCH_FINALS else [],
-        segmented=expand(rules.train_seg.output.model, seg_model=config["seg_models"]),
+        segmented=(
+            expand(rules.train_seg.output.model, seg_model=config["seg_models"])
+            if RUNS_SEGMENTATION
+            else []
+        ),
         seg_searched=expand("data/seg_models/{name}", name=SEG_FINALS),
         search_seg=rules.search_seg_fine.output.fine if SEG_FINALS else [],
     output:
@@ -23,6 +31,8 @@ rule evaluate:
     params:
         file=PARAMS,
         reads=stage_values(config, "evaluate"),
+        # The patch store and the trained classifiers, or none (segmentation only).
+        store=lambda wildcards, input: input.store if RUNS_CLASSIFICATION else "none",
         summary=lambda wildcards, input: (
             input.search_summary if SEARCH_FINALS else "none"
         ),
@@ -32,4 +42,4 @@ rule evaluate:
             "data/seg_models" if input.segmented or input.seg_searched else "none"
         ),
     shell:
-        "medtailor evaluate --threads {threads} --params {params.file} --input {input.store} --resample {input.data} --split {input.split} --trained data/models --search-summary {params.summary} --segmented {params.segmented} --search-seg {params.search_seg} --output {output.report} --metrics {output.metrics} > {log} 2>&1"
+        "medtailor evaluate --threads {threads} --params {params.file} --input {params.store} --resample {input.data} --split {input.split} --trained data/models --search-summary {params.summary} --segmented {params.segmented} --search-seg {params.search_seg} --output {output.report} --metrics {output.metrics} > {log} 2>&1"

@@ -1,6 +1,8 @@
 rule split:
     input:
         data=rules.resample.output.data,
+        # An earlier split table whose patients keep their split (split.keep).
+        keep=config["split"]["keep"] or [],
     output:
         table="data/split/split.csv",
         metrics="metrics/split.json",
