@@ -107,6 +107,8 @@ def run_pipeline(tmp_path, repo_params, task: str):
     raw = tmp_path / "raw"
     classes = write_raw(raw, task)
     params = whole_image_params(repo_params)
+    # Activation maps for one task (they cost a backward pass per image).
+    params["evaluate"]["gradcam_per_outcome"] = 2 if task == "multiclass" else 0
     ingest = run_ingest(raw, tmp_path / "ingest", params)
     run_resample(tmp_path / "ingest", tmp_path / "resample", params)
     run_split(tmp_path / "resample", tmp_path / "split.csv", params)
@@ -179,6 +181,36 @@ def test_classes_table_round_trip(tmp_path, repo_params, task):
     comparisons = summary["comparisons"]
     assert {row["target"] for row in comparisons} == set(expected)
     assert all("delong_p" in row for row in comparisons if "undefined" not in row)
+
+    for section in ("## Evidence", "## Validation AUC per model", "## Operating point per class"):
+        assert section in report
+    evidence = {row["split"]: row for row in summary["evidence"]["splits"]}
+    index = store.index
+    for split, row in evidence.items():
+        assert row["images"] == (index["split"] == split).sum()
+        assert row["patients"] == index.loc[index["split"] == split, "patient_id"].nunique()
+    if task == "multiclass":
+        # The confusion matrix and accuracies, recomputed from predictions.parquet alone.
+        test = predictions[predictions["split"] == "test"]
+        probs = test.pivot(index="patch_id", columns="target", values="prob")
+        truth = test[test["label"] == 1].set_index("patch_id")["target"].loc[probs.index]
+        predicted = probs.idxmax(axis=1)
+        classes = summary["models"]["tiny_linear"]["test_argmax"]["classes"]
+        expected_matrix = pd.crosstab(truth, predicted).reindex(
+            index=classes, columns=classes, fill_value=0
+        )
+        argmax = summary["models"]["tiny_linear"]["test_argmax"]
+        assert argmax["confusion_matrix"] == expected_matrix.to_numpy().tolist()
+        assert argmax["accuracy"] == pytest.approx((truth == predicted).mean())
+        recalls = [(predicted[truth == c] == c).mean() for c in classes]
+        assert argmax["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+        assert "## Multi-class decisions (test split)" in report and "Confusion matrix" in report
+        assert (tmp_path / "evaluate" / "models" / "tiny_linear_confusion.csv").is_file()
+        # LayerCAM per class on validation images of each class.
+        assert "## Activation maps" in report
+        assert (tmp_path / "evaluate" / "figures" / "cam_tiny_linear.png").is_file()
+    else:
+        assert "## Activation maps" not in report
 
     if task == "multilabel":
         # Unknown cells (blank, and -1 uncertain) are -1 in the predictions and left out of
@@ -302,3 +334,38 @@ def test_whole_images_with_the_search_enabled_are_refused_before_any_work(repo_p
     params["search"]["enabled"] = True
     with pytest.raises(ParamsError, match=r"search\.enabled is true but patches\.source is whole"):
         validate_params(params)
+
+
+def test_the_pretraining_boost_pairs_models_that_differ_only_in_init():
+    from sklearn.metrics import roc_auc_score
+
+    from medtailor.evaluate.whole_image import initialisation_pairs, pretraining_boosts
+
+    rng = np.random.default_rng(0)
+    n = 120
+    labels = rng.integers(0, 2, n)
+    patients = np.repeat(np.arange(n // 2), 2).astype(str)
+
+    def frame(noise: float) -> pd.DataFrame:
+        prob = 1 / (1 + np.exp(-(labels * 2 - 1) * 2 - rng.normal(0, noise, n)))
+        return pd.DataFrame(
+            {"patch_id": np.arange(n), "split": "test", "target": "1", "label": labels,
+             "prob": prob, "patient_id": patients}
+        )  # fmt: skip
+
+    entry = {"model": "resnet10t", "head": {"type": "linear"}, "unfreeze": "all"}
+    results = {
+        "a_imagenet": {"config": {**entry, "init": "imagenet"}},
+        "a_scratch": {"config": {**entry, "init": "scratch"}},
+        "b_scratch": {"config": {**entry, "init": "scratch", "head": {"type": "nonlinear"}}},
+    }
+    assert initialisation_pairs(results) == [("a_imagenet", "a_scratch")]
+    frames = {"a_imagenet": frame(0.5), "a_scratch": frame(3.0), "b_scratch": frame(3.0)}
+    cfg = {"bootstrap_replicates": 200, "confidence_level": 0.95}
+    (boost,) = pretraining_boosts(results, frames, cfg, seed=0)
+    expected = roc_auc_score(labels, frames["a_imagenet"]["prob"]) - roc_auc_score(
+        labels, frames["a_scratch"]["prob"]
+    )
+    assert boost["difference"] == pytest.approx(expected)
+    low, high = boost["difference_ci"]
+    assert low < expected < high

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from medtailor.config.stage_keys import stage_keys
+from medtailor.workflow.dvc_stages import COMPUTE_STAGES
 
 from .conftest import BIN, REPO, PipelineRun, run, set_param
 
@@ -29,7 +30,7 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
             name = f"{name}@{'_'.join(wildcards.values())}"
         fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
         shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        # DVC runs one stage at a time and leaves the thread count to the libraries.
+        # Threads: compared apart (DVC passes compute.threads to the stages that train).
         cmd = re.sub(r" --threads \d+", "", shell.group(1)) if shell else None
         jobs[name] = {
             "input": set(fields.get("input", "").split(", ")) - {""},
@@ -59,6 +60,29 @@ def snakemake_params() -> dict[str, str]:
 def test_snakemake_lint_reports_nothing():
     result = run([str(BIN / "snakemake"), "--lint"], REPO)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_the_root_exposes_the_packaged_workflow_and_its_environment():
+    """workflow/ and envs/ beside Snakefile, dvc.yaml and params.yaml, as Snakemake's
+    catalog lays a workflow out: the packaged workflow, run on the root's params.yaml."""
+    import shutil
+
+    from medtailor.workflow import SNAKEFILE
+
+    assert (REPO / "workflow" / "Snakefile").resolve() == Path(SNAKEFILE).resolve()
+    assert sorted(p.name for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    env = REPO / "envs" / "medtailor.yaml"
+    # Every rule's conda: directive names the root's environment file.
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    relative = re.search(r'^ENV = "(.+)"$', common, re.M).group(1)
+    assert (REPO / "workflow" / "rules" / relative).resolve() == env.resolve()
+    plan = run(
+        [str(BIN / "snakemake"), "-s", "workflow/Snakefile", "--configfile", "params.yaml", "-n"],
+        REPO,
+    ).stdout
+    assert "rule evaluate:" in plan
+    if shutil.which("conda"):  # not on this repository's CI machines
+        run([str(BIN / "snakemake"), "--sdm", "conda", "-n"], REPO)
 
 
 def test_snakefmt_is_clean():
@@ -104,9 +128,12 @@ def test_dvc_yaml_mirrors_the_snakemake_rules():
     with Repo(str(REPO)) as repo:
         stages = {s.name: s for s in repo.index.stages}
     assert set(stages) == set(jobs)
+    threads = yaml.safe_load((REPO / "params.yaml").read_text())["compute"]["threads"]
     for name, stage in stages.items():
         job = jobs[name]
-        assert stage.cmd == job["cmd"], name
+        assert re.sub(r" --threads \d+", "", stage.cmd) == job["cmd"], name
+        if name.partition("@")[0] in COMPUTE_STAGES:
+            assert f" --threads {threads} " in stage.cmd, name
         outs = {o.def_path for o in stage.outs}
         assert outs == job["output"], name
         data_deps = {

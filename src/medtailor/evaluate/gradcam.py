@@ -74,16 +74,22 @@ def gradcam_layer(model: nn.Module, input_size: int) -> str:
     return last_convolution(model)
 
 
-class LesionEvidence(nn.Module):
-    """A two-class classifier seen as one score: logit(lesion) - logit(no lesion)."""
+class ClassEvidence(nn.Module):
+    """A classifier seen as one score, the evidence for class ``target``: its logit minus
+    the mean of the other logits (two classes: logit(lesion) - logit(no lesion)), or, for
+    independent findings (``multilabel``, one sigmoid each), the finding's own logit."""
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, target: int = 1, multilabel: bool = False) -> None:
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.target, self.multilabel = classifier, target, multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(x)
-        return (logits[:, 1] - logits[:, 0])[:, None]
+        own = logits[:, self.target]
+        if self.multilabel:
+            return own[:, None]
+        others = torch.cat([logits[:, : self.target], logits[:, self.target + 1 :]], dim=1)
+        return (own - others.mean(dim=1))[:, None]
 
 
 def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
@@ -93,16 +99,23 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_maps(
-    model: nn.Module, images: torch.Tensor, input_size: int, method: str
+    model: nn.Module,
+    images: torch.Tensor,
+    input_size: int,
+    method: str,
+    target: int = 1,
+    multilabel: bool = False,
 ) -> np.ndarray:
-    """(N, H, W) activation maps of the lesion evidence (``method``: gradcam or
-    layercam), 1 where it is strongest."""
+    """(N, H, W) activation maps of the evidence for class ``target`` (the lesion, for
+    candidate patches; ``method``: gradcam or layercam), 1 where it is strongest."""
     if method not in CAM_METHODS:
         raise ValueError(f"evaluate.cam_method {method!r}: expected one of {sorted(CAM_METHODS)}")
     model.eval()
     layer = f"classifier.{gradcam_layer(model, input_size)}"
     cam = CAM_METHODS[method][1](
-        nn_module=LesionEvidence(model), target_layers=layer, postprocessing=scale_to_unit
+        nn_module=ClassEvidence(model, target, multilabel),
+        target_layers=layer,
+        postprocessing=scale_to_unit,
     )
     # An input that requires grad lets the backward hooks see module inputs too (else
     # torch warns that full backward hooks fire on outputs only).
