@@ -111,6 +111,16 @@ def test_status_tells_where_everything_is(project):
     _, _, out = project
     assert "data/ingest/audit.csv" in out
     assert "mlflow ui --backend-store-uri" in out and "--host 127.0.0.1" in out
+    assert "a dvc repro is not recorded for Snakemake" in out
+
+
+def test_a_command_without_threads_runs_on_one():
+    """A library's own default takes every core: on a busy 2-core machine detection ran 6x
+    slower. Snakemake passes each rule's threads; without them a command takes one."""
+    from medtailor.cli import build_parser
+
+    for stage in ("detect", "resample", "split"):
+        assert build_parser().parse_args([stage]).threads == 1
 
 
 def test_threads_hold_torch_and_the_numerical_libraries_to_the_job(monkeypatch):

@@ -835,6 +835,11 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     if audit.exists():
         n = max(len(audit.read_text().splitlines()) - 1, 0)
         lines.append(f"  audit report    {audit}  ({n} rejected input(s), each with its reason)")
+    lines.append(
+        f"  {'records':<15} a Snakemake run is recorded in dvc.lock (dvc repro then reruns "
+        "nothing); a dvc repro is not recorded for Snakemake, which reruns what DVC ran: "
+        "use one of them per change"
+    )
     uri = tracking_uri(params["tracking"])
     lines.append(f"  MLflow          {uri}  (experiment '{params['tracking']['experiment']}')")
     lines.append(
