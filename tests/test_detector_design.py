@@ -267,17 +267,13 @@ def test_the_box_regression_loss_is_the_configured_one(loss):
         build_detector(2, {**TIMM_CFG, "box_regression_loss": "iou"}, SELECTION)
 
 
-def test_volumes_keep_the_resnet_and_a_timm_volume_backbone_is_refused():
+def test_volumes_keep_the_resnet_and_a_timm_volume_backbone_is_refused(repo_params):
     from medtailor.config import cross_field_errors
 
     with pytest.raises(ValueError, match="timm backbones are 2D"):
         feature_extractor(3, TIMM_CFG)
-    params = {
-        "split": {"fractions": [0.6, 0.2, 0.2]},
-        "patches": {"negative_iou": 0.2, "positive_iou": 0.5},
-        "evaluate": {"froc": {"false_positive_iou": 0.2, "hit_iou": 0.5}},
-        "detector": {"volume": {"backbone": "efficientnet_lite0"}},
-    }
+    params = copy.deepcopy(repo_params)
+    params["detector"]["volume"]["backbone"] = "efficientnet_lite0"
     assert any("detector.volume.backbone" in e for e in cross_field_errors(params))
 
 

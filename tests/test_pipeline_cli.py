@@ -114,6 +114,20 @@ def test_status_tells_where_everything_is(project):
     assert "a dvc repro is not recorded for Snakemake" in out
 
 
+def test_status_says_where_the_time_went(tmp_path):
+    from medtailor.cli import job_times, time_lines
+
+    header = "s\th:m:s\tmax_rss\n"
+    for name, seconds in (("train/a", 60.0), ("train/b", 30.0), ("split", 1.5)):
+        path = tmp_path / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{header}{seconds}\t0:00:00\t100\n")
+    rows = job_times(tmp_path)
+    assert rows == [("train", 2, 90.0), ("split", 1, 1.5)]
+    lines = time_lines(rows)
+    assert "1.5 min of job time" in lines[0] and "train" in lines[1] and "98%" in lines[1]
+
+
 def test_a_command_without_threads_runs_on_one():
     """A library's own default takes every core: on a busy 2-core machine detection ran 6x
     slower. Snakemake passes each rule's threads; without them a command takes one."""

@@ -325,6 +325,9 @@ def test_a_whole_image_project_runs_under_snakemake_without_a_detector(tmp_path,
     status = run([str(BIN / "dvc"), "status"], project).stdout
     assert "up to date" in status, status
     assert not (project / "data" / "synth").exists()
+    # Where the time went: Snakemake's benchmark of every job, summed per stage by status.
+    assert (project / "benchmarks" / "train" / "tiny_linear.tsv").is_file()
+    assert "time per stage" in run([str(BIN / "medtailor"), "status"], project).stdout
 
 
 def test_whole_images_with_the_search_enabled_are_refused_before_any_work(repo_params):

@@ -821,6 +821,38 @@ def project_stages(params: dict[str, Any], data: Path) -> list[tuple[str, Path]]
     return [(stage, folder) for folder, stage in found.items()]
 
 
+BENCHMARKS = Path("benchmarks")
+
+
+def job_times(folder: Path = BENCHMARKS) -> list[tuple[str, int, float]]:
+    """(rule, jobs, seconds) from the benchmark files Snakemake writes for every job
+    (``benchmarks/<rule>[/<job>].tsv``), longest first."""
+    import pandas as pd
+
+    totals: dict[str, list[float]] = {}
+    for path in sorted(folder.rglob("*.tsv")):
+        parts = path.relative_to(folder).parts
+        rule = parts[0].removesuffix(".tsv")
+        seconds = float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+        totals.setdefault(rule, []).append(seconds)
+    rows = [(rule, len(times), sum(times)) for rule, times in totals.items()]
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def time_lines(rows: list[tuple[str, int, float]]) -> list[str]:
+    if not rows:
+        return []
+    total = sum(seconds for _, _, seconds in rows)
+    lines = [
+        f"  time per stage (Snakemake benchmarks/, {total / 60:.1f} min of job time; jobs "
+        "that ran side by side overlap):"
+    ]
+    for rule, jobs, seconds in rows:
+        share = seconds / total if total else 0.0
+        lines.append(f"    {rule:<22} {jobs:>3} job(s) {seconds / 60:6.1f} min  {share:4.0%}")
+    return lines
+
+
 def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.tracking import tracking_uri
 
@@ -840,6 +872,7 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
         "nothing); a dvc repro is not recorded for Snakemake, which reruns what DVC ran: "
         "use one of them per change"
     )
+    lines += time_lines(job_times())
     uri = tracking_uri(params["tracking"])
     lines.append(f"  MLflow          {uri}  (experiment '{params['tracking']['experiment']}')")
     lines.append(

@@ -7,6 +7,8 @@ rule train_detector:
         metrics="metrics/train_detector.json",
     log:
         "logs/train_detector.log",
+    benchmark:
+        "benchmarks/train_detector.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]
@@ -30,6 +32,8 @@ rule detect:
         metrics="metrics/detect.json",
     log:
         "logs/detect.log",
+    benchmark:
+        "benchmarks/detect.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]

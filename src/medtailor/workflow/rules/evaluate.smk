@@ -22,6 +22,8 @@ rule evaluate:
         metrics="metrics/evaluate.json",
     log:
         "logs/evaluate.log",
+    benchmark:
+        "benchmarks/evaluate.tsv"
     conda:
         ENV
     threads: 1

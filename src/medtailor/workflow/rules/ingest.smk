@@ -6,6 +6,8 @@ rule ingest:
         metrics="metrics/ingest.json",
     log:
         "logs/ingest.log",
+    benchmark:
+        "benchmarks/ingest.tsv"
     conda:
         ENV
     threads: config["ingest"]["workers"]

@@ -10,6 +10,8 @@ rule patches:
         table=f"{PATCH_PLOT}.csv",
     log:
         "logs/patches.log",
+    benchmark:
+        "benchmarks/patches.tsv"
     conda:
         ENV
     threads: 1

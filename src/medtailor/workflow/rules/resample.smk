@@ -6,6 +6,8 @@ rule resample:
         metrics="metrics/resample.json",
     log:
         "logs/resample.log",
+    benchmark:
+        "benchmarks/resample.tsv"
     conda:
         ENV
     threads: 1

@@ -17,6 +17,8 @@ rule search_ask:
         metrics="metrics/search/g{g}_ask.json",
     log:
         "logs/search/g{g}_ask.log",
+    benchmark:
+        "benchmarks/search_ask/g{g}_ask.tsv"
     localrule: True
     conda:
         ENV
@@ -39,6 +41,8 @@ rule search_candidate:
         metrics="metrics/search/g{g}_candidate_{i}.json",
     log:
         "logs/search/g{g}_candidate_{i}.log",
+    benchmark:
+        "benchmarks/search_candidate/g{g}_candidate_{i}.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]
@@ -66,6 +70,8 @@ rule search_tell:
         metrics="metrics/search/g{g}_tell.json",
     log:
         "logs/search/g{g}_tell.log",
+    benchmark:
+        "benchmarks/search_tell/g{g}_tell.tsv"
     localrule: True
     conda:
         ENV
@@ -85,6 +91,8 @@ rule search_summary:
         metrics="metrics/search_summary.json",
     log:
         "logs/search/summary.log",
+    benchmark:
+        "benchmarks/search_summary.tsv"
     localrule: True
     conda:
         ENV
@@ -107,6 +115,8 @@ rule search_final:
         metrics="metrics/train/{final}.json",
     log:
         "logs/train/{final}.log",
+    benchmark:
+        "benchmarks/search_final/{final}.tsv"
     wildcard_constraints:
         final="|".join(n for n in SEARCH_FINALS if n != "nas_winner_scratch")
         or "no-search",
@@ -137,6 +147,8 @@ rule search_winner_scratch:
         metrics="metrics/train/nas_winner_scratch.json",
     log:
         "logs/train/nas_winner_scratch.log",
+    benchmark:
+        "benchmarks/search_winner_scratch.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]

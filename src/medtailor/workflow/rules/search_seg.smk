@@ -12,6 +12,8 @@ rule search_seg_ask:
         metrics="metrics/search_seg/g{g}_ask.json",
     log:
         "logs/search_seg/g{g}_ask.log",
+    benchmark:
+        "benchmarks/search_seg_ask/g{g}_ask.tsv"
     localrule: True
     conda:
         ENV
@@ -33,6 +35,8 @@ rule search_seg_candidate:
         metrics="metrics/search_seg/g{g}_candidate_{i}.json",
     log:
         "logs/search_seg/g{g}_candidate_{i}.log",
+    benchmark:
+        "benchmarks/search_seg_candidate/g{g}_candidate_{i}.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]
@@ -60,6 +64,8 @@ rule search_seg_tell:
         metrics="metrics/search_seg/g{g}_tell.json",
     log:
         "logs/search_seg/g{g}_tell.log",
+    benchmark:
+        "benchmarks/search_seg_tell/g{g}_tell.tsv"
     localrule: True
     conda:
         ENV
@@ -81,6 +87,8 @@ rule search_seg_fine:
         metrics="metrics/search_seg_fine.json",
     log:
         "logs/search_seg/fine.log",
+    benchmark:
+        "benchmarks/search_seg_fine.tsv"
     conda:
         ENV
     threads: config["compute"]["threads"]
@@ -106,6 +114,8 @@ rule search_seg_final:
         metrics="metrics/train_seg/{seg_final}.json",
     log:
         "logs/train_seg/{seg_final}.log",
+    benchmark:
+        "benchmarks/search_seg_final/{seg_final}.tsv"
     wildcard_constraints:
         seg_final="|".join(SEG_FINALS) or "(?!x)x",
     conda:

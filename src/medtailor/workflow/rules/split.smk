@@ -8,6 +8,8 @@ rule split:
         metrics="metrics/split.json",
     log:
         "logs/split.log",
+    benchmark:
+        "benchmarks/split.tsv"
     conda:
         ENV
     threads: 1

@@ -6,6 +6,8 @@ rule study_train:
         metrics="metrics/studies/{study}/{config}.json",
     log:
         "logs/studies/{study}/{config}.log",
+    benchmark:
+        "benchmarks/study_train/{config}.tsv"
     wildcard_constraints:
         study="[^/]+",
         config="[^/]+",
@@ -36,6 +38,8 @@ rule study:
         metrics="metrics/studies/{study}.json",
     log:
         "logs/studies/{study}.log",
+    benchmark:
+        "benchmarks/study/{study}.tsv"
     wildcard_constraints:
         study="[^/]+",
     conda:

@@ -4,6 +4,8 @@ rule synth:
         metrics="metrics/synth.json",
     log:
         "logs/synth.log",
+    benchmark:
+        "benchmarks/synth.tsv"
     conda:
         ENV
     threads: 1

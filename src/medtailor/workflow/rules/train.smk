@@ -6,6 +6,8 @@ rule train:
         metrics="metrics/train/{model}.json",
     log:
         "logs/train/{model}.log",
+    benchmark:
+        "benchmarks/train/{model}.tsv"
     wildcard_constraints:
         model="|".join(config["models"]),
     conda:

@@ -8,6 +8,8 @@ rule train_seg:
         metrics="metrics/train_seg/{seg_model}.json",
     log:
         "logs/train_seg/{seg_model}.log",
+    benchmark:
+        "benchmarks/train_seg/{seg_model}.tsv"
     wildcard_constraints:
         seg_model="|".join(config["seg_models"]) or "(?!x)x",
     conda:
