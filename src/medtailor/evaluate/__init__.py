@@ -190,23 +190,42 @@ def evaluate_segmentation_only(
     cfg, seed = params["evaluate"], int(params["seed"])
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {
-        "segmentation": _clean(evaluate_segmentation(segmentation, replicates, level, seed))
-    }
-    curves_figure = dice_curves(segmentation, out_dir)
-    if curves_figure is not None:
-        summary["segmentation"]["figure"] = f"figures/{curves_figure.name}"
-    if search_seg is not None:
-        summary["search_seg"] = _clean(search_seg_section(search_seg, out_dir))
+    summary = segmentation_sections(segmentation, search_seg, out_dir, replicates, level, seed)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     segmentation_report(summary, out_dir, params)
-    return _clean(
-        {
-            f"{name}_test_dice_{row['class']}": row["dice"]
-            for name, result in summary["segmentation"]["models"].items()
-            for row in result["test"]
-        }
-    )
+    return _clean(dice_metrics(summary))
+
+
+def segmentation_sections(
+    segmentation: dict[str, Path] | None,
+    search_seg: Path | None,
+    out_dir: Path,
+    replicates: int,
+    level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The summary's segmentation sections: Dice per model (with the curves figure) and
+    the segmentation search's selection, each when there is something to show."""
+    summary: dict[str, Any] = {}
+    if segmentation:
+        summary["segmentation"] = _clean(
+            evaluate_segmentation(segmentation, replicates, level, seed)
+        )
+        curves_figure = dice_curves(segmentation, out_dir)
+        if curves_figure is not None:
+            summary["segmentation"]["figure"] = f"figures/{curves_figure.name}"
+    if search_seg is not None:
+        summary["search_seg"] = _clean(search_seg_section(search_seg, out_dir))
+    return summary
+
+
+def dice_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """Flat DVC metrics of the segmentation models: test Dice per class."""
+    return {
+        f"{name}_test_dice_{row['class']}": row["dice"]
+        for name, result in summary.get("segmentation", {}).get("models", {}).items()
+        for row in result["test"]
+    }
 
 
 def run_evaluate(
@@ -303,15 +322,9 @@ def run_evaluate(
     }
     if search_summary is not None:
         summary["search"] = search_section(search_summary, out_dir)
-    if segmentation:
-        summary["segmentation"] = _clean(
-            evaluate_segmentation(segmentation, replicates, level, seed)
-        )
-        curves_figure = dice_curves(segmentation, out_dir)
-        if curves_figure is not None:
-            summary["segmentation"]["figure"] = f"figures/{curves_figure.name}"
-    if search_seg is not None:
-        summary["search_seg"] = _clean(search_seg_section(search_seg, out_dir))
+    summary.update(
+        segmentation_sections(segmentation, search_seg, out_dir, replicates, level, seed)
+    )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "froc.csv", index=False)
     roc_table(frames).to_csv(out_dir / "roc.csv", index=False)
@@ -335,9 +348,7 @@ def run_evaluate(
         game = result.get("pointing_game") or {}
         if game.get("true_positives"):
             flat[f"{name}_gradcam_pointing"] = game["hits"] / game["true_positives"]
-    for name, result in summary.get("segmentation", {}).get("models", {}).items():
-        for row in result["test"]:
-            flat[f"{name}_test_dice_{row['class']}"] = row["dice"]
+    flat.update(dice_metrics(summary))
     return _clean(flat)
 
 
