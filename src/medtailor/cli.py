@@ -887,11 +887,17 @@ def init_command(args: argparse.Namespace) -> dict[str, Any]:
 
     for step in init_project(args.folder, args.input, args.task):
         print(f"  {step}")
+    what = {
+        "demo": "every stage of the demo",
+        "detection": "detector, candidate patches and classifiers (search.enabled: false)",
+        "whole-image": "one sample per image of annotations/classes.csv, no detector",
+        "segmentation": "3D segmentation of annotations/labels.csv (search_seg.enabled: false)",
+    }[args.task]
     where = (
-        f"  params.yaml reads your data from {args.input} (ingest.input); review models, "
-        "studies and the search there\n"
+        f"  params.yaml ({args.task}: {what}) reads your data from {args.input} "
+        "(ingest.input); review its models there\n"
         if args.input
-        else "  edit params.yaml (ingest.input: your raw data folder; models; ...)\n"
+        else f"  edit params.yaml ({args.task}: {what}; ingest.input: your raw data folder)\n"
     )
     print(
         f"medtailor project ready in {args.folder}. Next:\n"
