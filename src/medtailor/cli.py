@@ -803,6 +803,19 @@ def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str
     return {}
 
 
+def export_command(args: argparse.Namespace) -> dict[str, Any]:
+    from medtailor.export import export_classifier
+
+    record = export_classifier(args.model, args.format, args.output)
+    print(
+        f"wrote {args.output / record['file']} ({record['format']}); its logits differ from "
+        f"PyTorch's by at most {record['max_abs_difference']:.2g} on a batch of "
+        f"{record['checked_batch']}; input {record['input']['shape']} in [0, 1] "
+        f"(see {args.output / 'export.json'})"
+    )
+    return {}
+
+
 def project_stages(params: dict[str, Any], data: Path) -> list[tuple[str, Path]]:
     """(stage, output folder) of every stage this project's params.yaml runs (the stages
     of its DVC pipeline: a whole-image project has no detector, a project without the
@@ -986,6 +999,16 @@ def build_parser() -> argparse.ArgumentParser:
         "params.yaml then holds only that task's blocks",
     )
     p.set_defaults(func=init_command, needs_params=False)
+    p = sub.add_parser(
+        "export",
+        help="Write a trained classifier as TorchScript or ONNX, checked against PyTorch.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="trained model folder (best.pt)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="onnx")
+    p.add_argument(
+        "--output", type=Path, default=Path("export"), help="output folder (default: export)"
+    )
+    p.set_defaults(func=export_command, needs_params=False)
     p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")
