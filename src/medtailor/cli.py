@@ -784,7 +784,9 @@ def set_threads(threads: int | None) -> None:
 def models_command(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
     from medtailor.train import model_entry, model_info
 
-    names = sorted(params["models"]) if args.action == "list" or not args.names else args.names
+    names = (
+        sorted(params.get("models", {})) if args.action == "list" or not args.names else args.names
+    )
     for name in names:
         entry = model_entry(params, name)
         line = (
