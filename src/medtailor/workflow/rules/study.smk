@@ -7,7 +7,7 @@ rule study_train:
     log:
         "logs/studies/{study}/{config}.log",
     benchmark:
-        "benchmarks/study_train/{config}.tsv"
+        "benchmarks/study_train/{study}/{config}.tsv"
     wildcard_constraints:
         study="[^/]+",
         config="[^/]+",
