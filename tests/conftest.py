@@ -74,6 +74,9 @@ def small(params: dict) -> dict:
     )
     for entry in params["seg_models"].values():
         entry.update({"filters": 4, "max_filters": 16})
+    # Two threads a job (the demo runs one): the rerun test checks that Snakemake never
+    # runs two such jobs at once on 2 cores.
+    params["compute"]["threads"] = 2
     return params
 
 
