@@ -39,6 +39,29 @@ def test_missing_section_is_reported(params):
         validate_params(params)
 
 
+def test_a_task_missing_a_block_it_needs_is_named(params):
+    """A project holds its task's blocks only; one its task needs cannot be left out."""
+    candidates = {**params}
+    del candidates["detector"]
+    with pytest.raises(ParamsError, match="patches.source is candidates but params.yaml has no "
+                       "detector block"):  # fmt: skip
+        validate_params(candidates)
+    whole_image = {**params, "patches": {**params["patches"], "source": "whole_image"}}
+    with pytest.raises(ParamsError, match="patches: 'intensity' is a required property"):
+        validate_params(whole_image)
+    segmentation_only = {k: v for k, v in params.items() if k not in ("patches", "train")}
+    with pytest.raises(ParamsError, match="'patches' is a dependency of 'models'"):
+        validate_params(segmentation_only)
+    nothing = {
+        k: v
+        for k, v in params.items()
+        if k not in ("patches", "train", "models", "search", "studies", "detector", "train_seg",
+                     "seg_models", "search_seg")
+    }  # fmt: skip
+    with pytest.raises(ParamsError, match="params.yaml runs no task"):
+        validate_params(nothing)
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
