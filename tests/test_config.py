@@ -43,8 +43,7 @@ def test_a_task_missing_a_block_it_needs_is_named(params):
     """A project holds its task's blocks only; one its task needs cannot be left out."""
     candidates = {**params}
     del candidates["detector"]
-    with pytest.raises(ParamsError, match="patches.source is candidates but params.yaml has no "
-                       "detector block"):  # fmt: skip
+    with pytest.raises(ParamsError, match=r"patches\.source is candidates but .* no detector"):
         validate_params(candidates)
     whole_image = {**params, "patches": {**params["patches"], "source": "whole_image"}}
     with pytest.raises(ParamsError, match="patches: 'intensity' is a required property"):
@@ -58,7 +57,7 @@ def test_a_task_missing_a_block_it_needs_is_named(params):
         if k not in ("patches", "train", "models", "search", "studies", "detector", "train_seg",
                      "seg_models", "search_seg")
     }  # fmt: skip
-    with pytest.raises(ParamsError, match="params.yaml runs no task"):
+    with pytest.raises(ParamsError, match=r"params\.yaml runs no task"):
         validate_params(nothing)
 
 
