@@ -116,6 +116,10 @@ def test_a_failing_job_is_loud_and_names_its_log(project):
     raw = project / "junk"
     raw.mkdir()
     (raw / "notes.txt").write_text("not an image")
+    # Tables the tasks need, so the workflow's check of the data lets ingest run and fail.
+    (raw / "annotations").mkdir()
+    (raw / "annotations" / "boxes.csv").write_text("source,x0,y0,x1,y1\nnotes.txt,0,0,4,4\n")
+    (raw / "annotations" / "labels.csv").write_text("source,label\nnotes.txt,notes.txt\n")
     params = (project / "params.yaml").read_text().replace("input: data/synth", f"input: {raw}")
     (project / "params.yaml").write_text(params)
     result = subprocess.run(
