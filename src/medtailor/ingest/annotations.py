@@ -193,7 +193,13 @@ def task_input_errors(params: dict[str, Any]) -> list[str]:
     table to add or the key to change: checked before any job (the Snakefile) and by
     ingest. Nothing to say when the input is the synthetic set (made by the pipeline) or
     does not exist yet (ingest then says so)."""
-    from medtailor.config import SYNTH_INPUT, runs_classification, runs_detector, runs_segmentation
+    from medtailor.config import (
+        SYNTH_INPUT,
+        enabled,
+        runs_classification,
+        runs_detector,
+        runs_segmentation,
+    )
 
     cfg = params["ingest"]
     root = Path(cfg["input"])
@@ -215,7 +221,8 @@ def task_input_errors(params: dict[str, Any]) -> list[str]:
             "classes table is missing or empty; add it (source,label), or set "
             "ingest.annotations.classes to yours"
         )
-    if runs_segmentation(params) and not _has_rows(root / tables["labels"]):
+    segments = runs_segmentation(params) and (params["seg_models"] or enabled(params, "search_seg"))
+    if segments and not _has_rows(root / tables["labels"]):
         errors.append(
             f"{root / tables['labels']}: 3D segmentation (train_seg, seg_models) trains on "
             "label maps and this table of them is missing or empty; add it (source,label), or "
