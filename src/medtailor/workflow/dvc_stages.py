@@ -558,13 +558,16 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
     ):
         entry = stage_entry(stage, root, params)
         stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry
-    plots = PATCH_PLOTS[params["patches"]["source"]] if runs_classification(params) else []
-    plots += PLOTS_CLASSIFICATION if runs_classification(params) else []
-    plots += (PLOTS_DETECTION if runs_detector(params) else []) + (SEARCH_PLOTS if searched else [])
-    return {
-        "stages": stages,
-        "plots": plots + (SEARCH_SEG_PLOTS if search_seg_stages(params) else []),
-    }
+    classified = runs_classification(params)
+    # A new list: the tables below are module constants, never to be extended in place.
+    plots = [
+        *(PATCH_PLOTS[params["patches"]["source"]] if classified else []),
+        *(PLOTS_CLASSIFICATION if classified else []),
+        *(PLOTS_DETECTION if runs_detector(params) else []),
+        *(SEARCH_PLOTS if searched else []),
+        *(SEARCH_SEG_PLOTS if search_seg_stages(params) else []),
+    ]
+    return {"stages": stages, "plots": plots}
 
 
 def write_dvc_yaml(path: Path, root: Path | None = None) -> Path:
