@@ -1,20 +1,22 @@
 """``medtailor split``: one patient-level train/val/test split, computed once, used everywhere.
 
-Patients (never images) are assigned, so no patient spans two splits. Patients are
+Patients (never images) are assigned, so no patient spans two splits. A keyed hash
+(sha256 of ``split.key`` and the patient id) places each patient in [0, 1), cut at the
+cumulative fractions; the key is not the training ``seed``, so runs with several training
+seeds share one split, and another key draws another assignment. Patients are then
 stratified by their label (``stratum``: has a lesion or not for boxes and binary targets,
-the patient's most frequent class for multi-class ones), and within each stratum they are
-taken in the order of a keyed hash (sha256 of ``split.key`` and the patient id), each going
-to the split furthest below its fraction. Every stratum then holds the fractions to within
-one patient, and another key draws another assignment; the key is not the training
-``seed``, so runs with several training seeds share one split.
+the patient's most frequent class for multi-class ones): each stratum is brought to the
+fractions (rounded to whole patients) by the fewest moves, each moving the patient whose
+hash lies nearest the split it joins. Where the hash already holds every stratum's
+counts, nothing moves.
 
-Stratification needs the other patients: a patient added to a stratum can move a patient at
-its cut points. Two ways to keep a test set fixed while the data grows:
-``split.keep`` names an earlier split table whose patients keep their split (the new ones
-fill each stratum towards the fractions), and ``split.stratify: false`` places each patient
-by its own hash alone (never moved by others; proportions then only hold in expectation).
-The summary counts patients, images and patients with lesions per split and class, and
-warns when a split is more than 10 points from its fraction or has no lesion patient.
+A patient added to a stratum can move another one at its cut points (the counts change).
+Two ways to keep a test set fixed while the data grows: ``split.keep`` names an earlier
+split table whose patients keep their split (the new ones fill each stratum towards the
+fractions), and ``split.stratify: false`` places each patient by its own hash alone
+(never moved by others; proportions then only hold in expectation). The summary counts
+patients, images and patients with lesions per split and class, and warns when a split is
+more than 10 points from its fraction or has no lesion patient.
 
 Patients that ingest could identify only by their study or their file (no PatientID, name
 or birth date, and no subjects table) may be one person under several ids, which would
@@ -57,6 +59,23 @@ def hash_position(patient_ids: Sequence[str], key: str) -> np.ndarray:
     )
 
 
+def target_counts(n: int, share: np.ndarray) -> np.ndarray:
+    """Patients per split for a stratum of ``n``: the fractions rounded by largest
+    remainder (ties to the earlier split), so they add up to ``n``."""
+    exact = share * n
+    counts = np.floor(exact).astype(int)
+    order = sorted(range(len(share)), key=lambda k: (-(exact[k] - counts[k]), k))
+    for k in order[: n - int(counts.sum())]:
+        counts[k] += 1
+    return counts
+
+
+def hash_distance(position: float, split: int, edges: np.ndarray) -> float:
+    """How far a hash position lies from a split's interval of [0, 1)."""
+    low, high = edges[split], edges[split + 1]
+    return 0.0 if low <= position < high else min(abs(position - low), abs(position - high))
+
+
 def assign_splits(
     patients: pd.DataFrame,
     fractions: Sequence[float],
@@ -67,32 +86,46 @@ def assign_splits(
     """``patients`` has ``patient_id`` (and, to stratify, ``stratum``); returns it, sorted
     by patient, with a ``split`` column.
 
-    Unstratified, each patient's keyed hash position in [0, 1) is cut at the cumulative
-    fractions. Stratified, each stratum's patients are taken in keyed-hash order and each
-    goes to the split furthest below its share of the stratum so far; ``keep`` (patient id
-    -> split) fixes the patients it names, which count towards their strata first."""
+    Each patient's keyed hash position in [0, 1) is cut at the cumulative fractions.
+    Stratified, each stratum is then brought to its patient counts (the fractions, rounded)
+    by the fewest moves: while a split holds too many patients and another too few, the
+    patient of the first whose position lies nearest the second's interval moves. A hash
+    assignment that already holds the counts stands as it is. ``keep`` (patient id ->
+    split) fixes the patients it names: they count towards their strata and never move."""
     ordered = patients.sort_values("patient_id").reset_index(drop=True)
     position = hash_position(ordered["patient_id"], key)
     share = np.asarray(fractions, float) / float(np.sum(fractions))
-    if not stratify or "stratum" not in ordered:
-        index = np.searchsorted(np.cumsum(share)[:-1], position, side="right")
-        split = np.asarray(SPLITS, dtype=object)[index]
-        if keep is not None:
-            kept = ordered["patient_id"].map(keep)
-            split = np.where(kept.notna(), kept, split)
-        return ordered.assign(split=split)
-    kept = ordered["patient_id"].map(keep) if keep is not None else pd.Series(np.nan, ordered.index)
-    split = kept.to_numpy(dtype=object)
-    for _, rows in ordered.groupby("stratum", sort=True).groups.items():
-        rows = np.asarray(rows)
-        counts = np.array([(split[rows] == name).sum() for name in SPLITS], float)
-        for row in rows[np.argsort(position[rows], kind="stable")]:
-            if isinstance(split[row], str):
-                continue
-            chosen = int(np.argmax(share * (counts.sum() + 1) - counts))
-            split[row] = SPLITS[chosen]
-            counts[chosen] += 1
-    return ordered.assign(split=split)
+    edges = np.concatenate([[0.0], np.cumsum(share)[:-1], [1.0]])
+    index = np.searchsorted(edges[1:-1], position, side="right")
+    fixed = np.zeros(len(ordered), bool)
+    if keep is not None:
+        kept = ordered["patient_id"].map(keep)
+        fixed = kept.notna().to_numpy()
+        index[fixed] = [SPLITS.index(name) for name in kept[fixed]]
+    if stratify and "stratum" in ordered:
+        for _, rows in ordered.groupby("stratum", sort=True).groups.items():
+            rows = np.asarray(rows)
+            target = target_counts(len(rows), share)
+            while True:
+                counts = np.bincount(index[rows], minlength=len(SPLITS))
+                over = [k for k in range(len(SPLITS)) if counts[k] > target[k]]
+                under = [k for k in range(len(SPLITS)) if counts[k] < target[k]]
+                moves = [
+                    (
+                        hash_distance(position[row], to, edges),
+                        ordered.at[row, "patient_id"],
+                        row,
+                        to,
+                    )
+                    for to in under
+                    for row in rows
+                    if index[row] in over and not fixed[row]
+                ]
+                if not moves:
+                    break
+                _, _, row, to = min(moves)
+                index[row] = to
+    return ordered.assign(split=np.asarray(SPLITS, dtype=object)[index])
 
 
 def patient_strata(per_image: pd.DataFrame, classes: pd.DataFrame | None) -> pd.DataFrame:
