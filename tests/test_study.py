@@ -41,8 +41,11 @@ def test_the_zoo_expands_to_every_architecture_init_and_truncation(repo_params):
     )
     entry = configurations["densenet121_scratch_trunc2"]
     assert (entry["model"], entry["init"], entry["truncate"]) == ("densenet121", "scratch", 2)
-    # Every configuration is a full train entry: the recipe, the study's shared keys.
-    assert entry["epochs"] == params["train"]["epochs"]
+    # Every configuration is a full train entry: the train recipe under the study's recipe,
+    # the study's shared keys.
+    recipe = {**params["train"], **params["studies"]["zoo"]["recipe"]}
+    assert entry["epochs"] == recipe["epochs"]
+    assert entry["learning_rate"] == params["train"]["learning_rate"]
     assert entry["head"] == params["studies"]["zoo"]["entry"]["head"]
 
     # Adding an architecture leaves the other configurations' values (what Snakemake
