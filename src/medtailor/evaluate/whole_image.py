@@ -544,7 +544,9 @@ def report_lines(
         if r.get("activation_maps")
     }
     if maps:
-        method = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}[str(cfg["cam_method"])]
+        from medtailor.evaluate.gradcam import CAM_METHODS
+
+        method = CAM_METHODS[str(cfg["cam_method"])][0]
         lines += [
             "",
             "## Activation maps",

@@ -190,8 +190,8 @@ def _has_rows(path: Path) -> bool:
 
 def task_input_errors(params: dict[str, Any]) -> list[str]:
     """What the project's tasks need from its raw data and the data lacks, each naming the
-    table to add or the key to change: checked before any job (the Snakefile) and by
-    ingest. Nothing to say when the input is the synthetic set (made by the pipeline) or
+    table to add or the key to change: checked by the project's Snakefile before any job
+    (a ``dvc repro`` user meets ingest's own errors instead). Nothing to say when the input is the synthetic set (made by the pipeline) or
     does not exist yet (ingest then says so)."""
     from medtailor.config import (
         SYNTH_INPUT,

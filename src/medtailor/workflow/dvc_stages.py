@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from medtailor.config import runs_classification, runs_detector, runs_segmentation
+from medtailor.config import SYNTH_INPUT, runs_classification, runs_detector, runs_segmentation
 from medtailor.config.stage_keys import stage_keys
 
 HEADER = """\
@@ -79,7 +79,6 @@ SYNTH_STAGE = DvcStage(
     outs=("data/synth",),
     metrics=("metrics/synth.json",),
 )
-SYNTH_OUTPUT = "data/synth"
 DATA_STAGES = (
     DvcStage(
         "ingest",
@@ -114,7 +113,7 @@ DATA_STAGES = (
 def data_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
     """synth only where ingest reads the synthetic set (a project of real data never
     writes it), then ingest, resample and split (depending on split.keep's table)."""
-    synth = (SYNTH_STAGE,) if params["ingest"]["input"] == SYNTH_OUTPUT else ()
+    synth = (SYNTH_STAGE,) if params["ingest"]["input"] == SYNTH_INPUT else ()
     ingest, resample, split = DATA_STAGES
     if params["split"].get("keep"):
         split = replace(split, deps=(*split.deps, str(params["split"]["keep"])))
