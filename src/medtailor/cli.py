@@ -818,6 +818,20 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def predict_command(args: argparse.Namespace) -> dict[str, Any]:
+    from medtailor.predict import run_predict
+
+    set_threads(args.threads)
+    summary = run_predict(args.model, args.input, args.output, args.boxes)
+    print(
+        f"{summary['findings']} findings on {summary['images_of_kind']} image(s), "
+        f"{summary['positive']} at or above the validation threshold: "
+        f"{args.output / 'findings.csv'} (overlays in {args.output / 'overlays'}; "
+        f"rejected inputs in {args.output / 'work' / 'ingest' / 'audit.csv'})"
+    )
+    return summary
+
+
 def project_stages(params: dict[str, Any], data: Path) -> list[tuple[str, Path]]:
     """(stage, output folder) of every stage this project's params.yaml runs (the stages
     of its DVC pipeline: a whole-image project has no detector, a project without the
@@ -1011,6 +1025,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("export"), help="output folder (default: export)"
     )
     p.set_defaults(func=export_command, needs_params=False)
+    p = sub.add_parser(
+        "predict",
+        help="Apply a trained classifier to new scans: findings.csv and an overlay per image.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a project's trained model folder (data/models/<name>), a bundle written by "
+        "predict (<output>/model), or an MLflow model URI (models:/<name>/<version>)",
+    )
+    p.add_argument(
+        "--input", type=Path, required=True, help="raw folder, in the layouts ingest accepts"
+    )
+    p.add_argument("--output", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--boxes",
+        type=Path,
+        default=None,
+        help="the new scans' boxes, for a model trained on the user's own boxes",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.set_defaults(func=predict_command, needs_params=False)
     p = sub.add_parser("status", help="Show where the outputs, audit report and MLflow runs are.")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=DATA, help="data folder (default: data)")

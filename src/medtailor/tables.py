@@ -35,6 +35,7 @@ MANIFEST_COLUMNS = [
     "varies",
     "corrections",
     "source",
+    "source_row",
     "source_format",
     "n_files",
     "transfer_syntax",
@@ -69,6 +70,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     frame = pd.read_parquet(path)
     if "corrections" not in frame:  # written before ingest corrected anything
         frame["corrections"] = ""
+    if "source_row" not in frame:  # written before ingest numbered the input files
+        frame["source_row"] = 0
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: not a medtailor manifest, missing columns {sorted(missing)}")

@@ -131,6 +131,9 @@ class _Writer:
     used_sources: set[str] = field(default_factory=set)
     accepted_files: set[str] = field(default_factory=set)
     image_ids: set[str] = field(default_factory=set)
+    # Each input file's 1-based row in the sorted list of input files: a key the user can
+    # join results on without the file names (which may hold identifiers).
+    file_rows: dict[str, int] = field(default_factory=dict)
 
     def emit(
         self,
@@ -212,6 +215,7 @@ class _Writer:
                 "label_path": label_rel,
                 "n_boxes": n_boxes,
                 "source": ";".join(self.audit.redact_path(part) for part in source.split(";")),
+                "source_row": min((self.file_rows.get(f, 0) for f in files), default=0),
                 "source_format": source_format,
                 "n_files": len(files),
                 "transfer_syntax": transfer_syntax,
@@ -704,6 +708,7 @@ def _ingest(input_root: Path, out_dir: Path, cfg: dict[str, Any]) -> dict[str, A
     rels = {rel for _, rel in found}
     files = [(path, rel) for path, rel in found if not is_detached_data(rel, rels)]
     audit.remember_paths(rel for _, rel in files)
+    writer.file_rows = {rel: row for row, rel in enumerate(sorted(rels), start=1)}
     audit.remember_paths({str(PurePosixPath(rel).parent) for _, rel in files} - {"."})
     n_bytes = sum(path.stat().st_size for path, _ in files)
     with tempfile.TemporaryDirectory(prefix="medtailor-gunzip-") as scratch:

@@ -2,6 +2,13 @@
 ENV = "../envs/medtailor.yaml"
 PARAMS = "params.yaml"
 
+# The two longest chains start first when jobs compete for cores: the segmentation
+# search (candidates, supernet, final network: one after the other) and the detector
+# that every classifier waits for. Otherwise the segmentation search started last and
+# ran alone at the end (docs/benchmarks.md, the demo).
+SEGMENTATION_SEARCH_PRIORITY = 20
+DETECTOR_PRIORITY = 10
+
 
 # The tasks the project's params.yaml holds blocks for (medtailor init --task): the
 # Snakefile includes only their rules.

@@ -11,6 +11,7 @@ rule train_detector:
         "benchmarks/train_detector.tsv"
     conda:
         ENV
+    priority: DETECTOR_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,

@@ -39,6 +39,7 @@ rule search_seg_candidate:
         "benchmarks/search_seg_candidate/g{g}_candidate_{i}.tsv"
     conda:
         ENV
+    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
@@ -91,6 +92,7 @@ rule search_seg_fine:
         "benchmarks/search_seg_fine.tsv"
     conda:
         ENV
+    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
@@ -120,6 +122,7 @@ rule search_seg_final:
         seg_final="|".join(SEG_FINALS) or "(?!x)x",
     conda:
         ENV
+    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,

@@ -1,0 +1,120 @@
+"""`medtailor predict`: the suite's trained project applied to its own scans and to a
+second synthetic cohort, through the command a user runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import BIN, ENV, small
+from tests.test_pipeline_cli import planted_identifiers, readable_text
+
+pytestmark = pytest.mark.slow
+
+
+def predict(model: str | Path, raw: Path, out: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [str(BIN / "medtailor"), "predict", "--model", str(model), "--input", str(raw),
+         "--output", str(out), "--threads", "2"],
+        capture_output=True, text=True, env=ENV, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def own_scans(pipeline_run, tmp_path_factory) -> dict:
+    """The trained project's first model applied to the project's own raw folder."""
+    project = pipeline_run.folder
+    name = sorted(p.name for p in (project / "data" / "models").iterdir())[0]
+    out = tmp_path_factory.mktemp("predict") / "own"
+    done = predict(project / "data" / "models" / name, project / "data" / "synth", out)
+    return {"project": project, "model": name, "out": out, "stdout": done.stdout}
+
+
+def test_findings_on_the_test_split_equal_the_projects_predictions(own_scans):
+    project, out = own_scans["project"], own_scans["out"]
+    findings = pd.read_csv(out / "findings.csv")
+    trained = pd.read_parquet(
+        project / "data" / "models" / own_scans["model"] / "predictions.parquet"
+    )
+    test = trained[trained["split"] == "test"].set_index("patch_id")
+    assert len(test) > 0
+    # New scans are scored whatever their split was; the test patients' candidates are the
+    # project's own test patches, so the probabilities must agree.
+    joined = findings.set_index("candidate_id").loc[test.index]
+    np.testing.assert_allclose(joined["prob"], test["prob"], atol=1e-5)
+
+    # The threshold is the one the project's evaluation chose on validation.
+    summary = json.loads((project / "data" / "evaluate" / "summary.json").read_text())
+    chosen = summary["models"][own_scans["model"]]["test_operating_point"]["threshold"]
+    threshold = findings["threshold"].iloc[0]
+    assert threshold == pytest.approx(chosen, abs=1e-9)
+    assert (findings["positive"] == (findings["prob"] >= threshold)).all()
+
+
+def test_boxes_map_back_to_the_original_images_and_the_input_rows(own_scans):
+    project, out = own_scans["project"], own_scans["out"]
+    findings = pd.read_csv(out / "findings.csv")
+    manifest = pd.read_parquet(project / "data" / "ingest" / "manifest.parquet")
+    shapes = manifest.set_index("image_id")["shape"]
+    for _, row in findings.iterrows():
+        width, height = shapes.loc[row["image_id"]][:2]
+        assert -1 <= row["px0"] < row["px1"] <= width + 1
+        assert -1 <= row["py0"] < row["py1"] <= height + 1
+    # source_row is the image's row in the sorted list of input files.
+    files = sorted(
+        p.relative_to(project / "data" / "synth").as_posix()
+        for p in (project / "data" / "synth").rglob("*")
+        if p.is_file() and "annotations" not in p.parts and not p.name.startswith(".")
+    )
+    ingested = pd.read_parquet(out / "work" / "ingest" / "manifest.parquet")
+    for _, image in ingested[ingested["kind"] == "radiograph"].iterrows():
+        source = files[int(image["source_row"]) - 1]
+        assert source.startswith("dicom/") and source.endswith(image["source"].split("/")[-1])
+    assert set(findings["source_row"]) <= set(ingested["source_row"])
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert {p.stem for p in overlays} == set(findings["image_id"])
+
+
+def test_a_second_cohort_through_the_bundle_is_identifier_free(own_scans, repo_params, tmp_path):
+    from medtailor.synth import generate_dataset
+
+    params = copy.deepcopy(small(repo_params))
+    params["seed"] = int(params["seed"]) + 1
+    cohort = tmp_path / "cohort"
+    generate_dataset(params, cohort)
+    # The bundle that the first run wrote travels alone: no project beside it.
+    bundle = tmp_path / "travelled"
+    shutil.copytree(own_scans["out"] / "model", bundle)
+    out = tmp_path / "predicted"
+    predict(bundle, cohort, out)
+    findings = pd.read_csv(out / "findings.csv")
+    assert len(findings) > 0 and findings["prob"].between(0, 1).all()
+    own = pd.read_csv(own_scans["out"] / "findings.csv")
+    assert not set(findings["image_id"]) & set(own["image_id"])
+
+    identifiers = planted_identifiers(cohort)
+    assert identifiers
+    outputs = [p for p in out.rglob("*") if p.is_file()]
+    for path in outputs:
+        text = readable_text(path).lower()
+        leaked = [value for value in identifiers if value.lower() in text]
+        assert not leaked, f"{path.relative_to(out)} contains {leaked}"
+
+
+def test_a_folder_that_is_no_model_is_refused(tmp_path):
+    done = subprocess.run(
+        [str(BIN / "medtailor"), "predict", "--model", str(tmp_path), "--input", str(tmp_path),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=ENV, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "neither a bundle" in done.stderr and str(tmp_path) in done.stderr
