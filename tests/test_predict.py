@@ -6,7 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +22,13 @@ from tests.test_pipeline_cli import planted_identifiers, readable_text
 pytestmark = pytest.mark.slow
 
 
-def predict(model: str | Path, raw: Path, out: Path) -> subprocess.CompletedProcess:
+def predict(
+    model: str | Path, raw: Path, out: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [str(BIN / "medtailor"), "predict", "--model", str(model), "--input", str(raw),
          "--output", str(out), "--threads", "2"],
-        capture_output=True, text=True, env=ENV, check=False,
+        capture_output=True, text=True, env=env or ENV, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -118,3 +123,121 @@ def test_a_folder_that_is_no_model_is_refused(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1
     assert "neither a bundle" in done.stderr and str(tmp_path) in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_registered_model_served_answers_like_predict(own_scans, tmp_path):
+    from medtailor.imageio import load_nifti
+    from medtailor.predict.serving import example_request, registered_name, request_files
+
+    project = own_scans["project"]
+    env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    uri = f"models:/{registered_name(project, own_scans['model'])}/1"
+    # One radiograph of the project that has findings, sent as its pixels and spacing.
+    own = pd.read_csv(own_scans["out"] / "findings.csv")
+    manifest = pd.read_parquet(project / "data" / "ingest" / "manifest.parquet")
+    row = manifest.set_index("image_id").loc[own["image_id"].iloc[0]]
+    image, _ = load_nifti(project / "data" / "ingest" / row["image_path"])
+    request = example_request(image, float(row["spacing"][0]))
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                assert time.monotonic() < deadline, "mlflow models serve did not start"
+                time.sleep(1)
+        body = json.dumps({"dataframe_records": request.to_dict(orient="records")}).encode()
+        asked = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(asked, timeout=300) as response:
+            served = pd.DataFrame(json.loads(response.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # medtailor predict with the same registered model, on the same image as a file.
+    raw = tmp_path / "raw"
+    request_files(request, raw)
+    out = tmp_path / "out"
+    predict(uri, raw, out, env)
+    predicted = pd.read_csv(out / "findings.csv")
+    assert len(served) == len(predicted) > 0 and (served["input"] == 0).all()
+    np.testing.assert_allclose(served["prob"], predicted["prob"], atol=1e-6)
+    assert (served["positive"] == predicted["positive"]).all()
+    # The same pixels and spacing: the same findings as the project's own file gave.
+    first = own[own["image_id"] == own["image_id"].iloc[0]]
+    np.testing.assert_allclose(sorted(served["prob"]), sorted(first["prob"]), atol=1e-4)
+
+
+def test_an_external_validation_project_scores_a_new_cohort_without_training(
+    pipeline_run, repo_params, tmp_path
+):
+    from sklearn.metrics import roc_auc_score
+
+    from medtailor.synth import generate_dataset
+
+    params = copy.deepcopy(small(repo_params))
+    params["seed"] = int(params["seed"]) + 1
+    cohort = tmp_path / "cohort"
+    generate_dataset(params, cohort)
+    folder = tmp_path / "external"
+    done = subprocess.run(
+        [str(BIN / "medtailor"), "init", str(folder), "--external", str(pipeline_run.folder),
+         "--input", str(cohort)],
+        capture_output=True, text=True, env=ENV, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "2"],
+        cwd=folder, capture_output=True, text=True, env=ENV, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    # No training job: the detector and the classifiers are the trained project's.
+    rules = {
+        p.relative_to(folder / "benchmarks").parts[0].removesuffix(".tsv")
+        for p in (folder / "benchmarks").rglob("*.tsv")
+    }
+    assert rules == {"ingest", "resample", "split", "detect", "patches", "score", "evaluate"}
+    summary = json.loads((folder / "data" / "evaluate" / "summary.json").read_text())
+    assert summary["external"]["commit"] == pipeline_run.commit
+    trained = sorted(p.name for p in (pipeline_run.folder / "data" / "models").iterdir())
+    assert sorted(summary["models"]) == trained
+    for name in trained:
+        scores = pd.read_parquet(folder / "data" / "scores" / name / "predictions.parquet")
+        assert set(scores["split"]) == {"test"}
+        labelled = scores[scores["label"] >= 0]
+        auc = roc_auc_score(labelled["label"], labelled["prob"])
+        assert summary["models"][name]["test"]["auc"] == pytest.approx(auc, abs=1e-12)
+        brier = float(np.mean((labelled["prob"] - labelled["label"]) ** 2))
+        assert summary["models"][name]["calibration"]["brier"] == pytest.approx(brier)
+        # The operating point is the trained project's threshold, not one chosen here.
+        own = json.loads((pipeline_run.folder / "data" / "evaluate" / "summary.json").read_text())
+        chosen = own["models"][name]["test_operating_point"]["threshold"]
+        assert summary["models"][name]["test_operating_point"]["threshold"] == chosen
+    report = (folder / "data" / "evaluate" / "report.md").read_text()
+    for section in ("## Evidence", "## Discrimination", "## Calibration", "## Comparisons"):
+        assert section in report
+    assert "train" not in report.split("## Evidence")[1].split("##")[0].lower()
+    assert pipeline_run.commit[:12] in report
+    status = subprocess.run(
+        [str(BIN / "dvc"), "status"], cwd=folder, capture_output=True, text=True, env=ENV
+    )
+    assert "up to date" in status.stdout, status.stdout

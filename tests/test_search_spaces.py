@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -126,6 +128,23 @@ def test_kernel_reduction_crops_the_centre_and_applies_each_transformation():
 def test_a_missing_ofa_supernet_says_where_to_get_it(tmp_path):
     with pytest.raises(PretrainedWeightsMissing, match=r"raw\.githubusercontent\.com.*w1\.2"):
         ofa_supernet(1.2, str(tmp_path / "absent"))
+
+
+def test_an_ofa_file_is_checked_against_its_published_git_blob_id(tmp_path):
+    from medtailor.search.supernet import git_blob_id
+
+    copy = tmp_path / "ofa_mbv3_d234_e346_k357_w1.2"
+    copy.write_bytes(b"not the supernet\n")
+    git = shutil.which("git")
+    if git:  # the same computation as git's own
+        expected = subprocess.run([git, "hash-object", str(copy)], capture_output=True, text=True)
+        assert git_blob_id(copy) == expected.stdout.strip()
+    # The id of an empty blob is a published constant of git.
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    with pytest.raises(ValueError, match=r"not the published .*w1\.2.*d75a3613bae2"):
+        ofa_supernet(1.2, str(copy))
 
 
 def test_lite0_elastic_at_full_size_is_imagenet_lite0_exactly():

@@ -152,8 +152,33 @@ def run_study(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     return summary, artifacts + sorted((output / "figures").glob("*.png"))
 
 
+def run_score(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.score import run_score as score
+
+    return score(args.model, args.input, args.output), [args.output / "predictions.parquet"]
+
+
 def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     import mlflow
+
+    if "external" in params:
+        from medtailor.config import EXTERNAL_BUNDLES
+        from medtailor.evaluate.external import evaluate_external
+
+        summary = evaluate_external(
+            args.trained[0],
+            Path(EXTERNAL_BUNDLES),
+            args.input,
+            args.resample,
+            args.split,
+            args.output,
+            params,
+        )
+        mlflow.set_tag("medtailor.models", ",".join(params["external"]["models"]))
+        reports = ["report.md", "summary.json", "roc.csv", "froc.csv", "reliability.csv"]
+        return summary, [args.output / name for name in reports] + sorted(
+            (args.output / "figures").glob("*.png")
+        )
 
     from medtailor.evaluate import run_evaluate as evaluate
     from medtailor.evaluate import trained_folders
@@ -178,6 +203,7 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
         search_seg,
     )
     log_to_model_runs(summary, names)
+    summary["registered_models"] = len(register_trained(folders, args.params))
     artifacts = [
         args.output / "report.md",
         args.output / "summary.json",
@@ -187,6 +213,23 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     artifacts += sorted((args.output / "figures").glob("*.png"))
     mlflow.set_tag("medtailor.models", ",".join(names))
     return summary, artifacts
+
+
+def register_trained(folders: dict[str, Path], params_file: Path) -> dict[str, str]:
+    """Register each candidate classifier as an MLflow model (``<project>-<model>``), with
+    the bundle ``medtailor predict`` applies. Its params snapshot is the whole params file,
+    which the evaluate stage's own view of params does not hold."""
+    from medtailor.predict.serving import register_models
+
+    if not folders:
+        return {}
+    params = load_params(params_file)
+    servable = (
+        params["patches"]["source"] == "candidates" and params["detector"]["source"] == "builtin"
+    )
+    if not servable:
+        return {}
+    return register_models(folders, params, Path.cwd(), DATA / "detector")
 
 
 def run_search_ask(args: argparse.Namespace, params: dict[str, Any]) -> Result:
@@ -464,6 +507,22 @@ STAGES = [
         {"model": {"required": True, "help": "name of a configuration in params 'models'"}},
     ),
     Stage(
+        "score",
+        run_score,
+        "Score the test split of the patch store with a frozen model (a bundle: what "
+        "medtailor predict and an external-validation project apply); writes "
+        "predictions.parquet.",
+        DATA / "scores",
+        {"input": (DATA / "patches", "patch store")},
+        {
+            "model": {
+                "type": Path,
+                "required": True,
+                "help": "the model's bundle folder (trained/<model> in an external project)",
+            }
+        },
+    ),
+    Stage(
         "study-train",
         run_study_train,
         "Train one configuration of a study (params 'studies.<study>', expanded into named "
@@ -736,6 +795,8 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
         index = f"_{args.index}" if step == "candidate" else ""
         folder = METRICS / search.replace("-", "_")
         args.metrics = folder / f"g{args.generation:03d}_{step}{index}.json"
+    if stage.name == "score":
+        run_name = f"score:{Path(args.model).name}"
     if stage.name == "train-seg":
         run_name = f"train_seg:{args.model}"
         if args.metrics == default_metrics:
@@ -914,8 +975,16 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
 def init_command(args: argparse.Namespace) -> dict[str, Any]:
     from medtailor.workflow import init_project
 
-    for step in init_project(args.folder, args.input, args.task):
+    for step in init_project(args.folder, args.input, args.task, args.external):
         print(f"  {step}")
+    if args.external is not None:
+        print(
+            f"external-validation project ready in {args.folder}: {args.external}'s frozen "
+            f"models score {args.input} (no training job). Next:\n"
+            f"  cd {args.folder}\n"
+            "  snakemake --cores 2            # the report: data/evaluate/report.md"
+        )
+        return {}
     what = {
         "demo": "every stage of the demo",
         "detection": "detector, candidate patches and classifiers (search.enabled: false)",
@@ -1013,6 +1082,13 @@ def build_parser() -> argparse.ArgumentParser:
         "candidate patches, classifiers), whole-image (one sample per image of "
         "annotations/classes.csv) or segmentation (3D networks on annotations/labels.csv); "
         "params.yaml then holds only that task's blocks",
+    )
+    p.add_argument(
+        "--external",
+        type=Path,
+        default=None,
+        help="a trained project: make an external-validation project whose DAG scores "
+        "--input (a labelled cohort) with that project's frozen classifiers, no training",
     )
     p.set_defaults(func=init_command, needs_params=False)
     p = sub.add_parser(

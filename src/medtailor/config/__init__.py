@@ -59,6 +59,15 @@ def runs_detector(params: dict[str, Any]) -> bool:
     return runs_classification(params) and params["patches"]["source"] == "candidates"
 
 
+# Where an external-validation project keeps the frozen models' bundles (one folder each).
+EXTERNAL_BUNDLES = "trained"
+
+
+def is_external(params: dict[str, Any]) -> bool:
+    """An external-validation project: frozen models score a new cohort, nothing trains."""
+    return "external" in params
+
+
 def runs_segmentation(params: dict[str, Any]) -> bool:
     """The project trains 3D segmentation networks (a ``train_seg`` block)."""
     return "train_seg" in params

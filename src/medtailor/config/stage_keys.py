@@ -20,6 +20,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest",),
     "resample": ("resample",),
     "split": ("split",),
+    # An external cohort: every patient is tested (external.models marks the project).
+    "split_external": ("split", "external.models"),
     # Architecture and training of the detectors; its checkpoint choice counts lesions found
     # by a candidate scoring above patches.min_score with IoU above patches.positive_iou.
     "train_detector": (
@@ -83,6 +85,18 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "evaluate.cam_method",
         "evaluate.gradcam_per_outcome",
     ),
+    # An external cohort scored by frozen models: the thresholds come with the models; the
+    # report names the cohort (ingest.input).
+    "evaluate_external": (
+        "seed",
+        "evaluate",
+        "patches.positive_iou",
+        "patches.min_score",
+        "external",
+        "ingest.input",
+    ),
+    # A frozen model scores the patch store: everything it needs is in its bundle.
+    "score": (),
     # 3D segmentation alone: the Dice statistics.
     "evaluate_segmentation": ("seed", "evaluate.bootstrap_replicates", "evaluate.confidence_level"),
     # A study's configurations train with the train recipe under the study's block (Snakemake
@@ -125,6 +139,8 @@ def task_stage(stage: str, params: Mapping[str, Any] | None) -> str:
     """The entry of STAGE_KEYS for ``stage`` in a project with ``params``: the keys follow
     the task (evaluate of whole-image samples reads no detector or FROC key)."""
     stage = stage.replace("-", "_")
+    if params is not None and "external" in params and stage in ("split", "evaluate"):
+        return f"{stage}_external"
     whole_image = params is not None and params.get("patches", {}).get("source") == "whole_image"
     if whole_image and stage in ("evaluate", "patches"):
         return f"{stage}_whole_image"

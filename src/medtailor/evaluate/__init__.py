@@ -38,7 +38,7 @@ from medtailor.evaluate.evidence import evidence_table, evidence_warnings
 from medtailor.evaluate.segmentation import dice_curves, evaluate_segmentation, search_seg_section
 from medtailor.patches import lesions_found
 from medtailor.patches.store import PatchStore
-from medtailor.split import manifest_with_split
+from medtailor.split import SPLITS, manifest_with_split
 from medtailor.tables import read_boxes
 
 log = logging.getLogger(__name__)
@@ -411,11 +411,14 @@ def split_evidence(
     index: pd.DataFrame,
     cfg: dict,
     positive_iou: float,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, Any]:
-    """The evidence table of the radiograph patches and its warnings (logged as well)."""
+    """The evidence table of the radiograph patches and its warnings (logged as well), for
+    ``splits`` (an external cohort: test alone, so no warning about training)."""
     lesions = truths.merge(manifest[["image_id", "split", "kind"]], on="image_id")
     found = lesions_found(index, truths, manifest, float(positive_iou))
     table = evidence_table(index, lesions, "radiograph", found)
+    table = table[table["split"].isin(splits)].reset_index(drop=True)
     warnings = evidence_warnings(table, cfg)
     for warning in warnings:
         log.warning("little evidence: %s", warning)

@@ -22,8 +22,11 @@ class EvaluationInputError(ValueError):
     """Predictions that cannot be evaluated honestly."""
 
 
-def load_predictions(path: Path, index: pd.DataFrame) -> pd.DataFrame:
-    """Predictions joined with the patch index, after the checks that prevent silent errors."""
+def load_predictions(
+    path: Path, index: pd.DataFrame, splits: tuple[str, ...] = ("val", "test")
+) -> pd.DataFrame:
+    """Predictions joined with the patch index, after the checks that prevent silent errors
+    (``splits``: those that must be there; an external cohort has its test split only)."""
     predictions = pd.read_parquet(path)
     missing = {"patch_id", "model", "split", "prob"} - set(predictions.columns)
     if missing:
@@ -41,7 +44,7 @@ def load_predictions(path: Path, index: pd.DataFrame) -> pd.DataFrame:
         raise EvaluationInputError(
             f"{path}: {len(unknown)} predictions for unknown patches, e.g. {unknown[:3]}"
         )
-    for split in ("val", "test"):
+    for split in splits:
         if not (index["split"] == split).any():
             raise EvaluationInputError(
                 f"the patch store has no {split} patches (the detector kept no candidate there): "
@@ -124,11 +127,20 @@ def operating_point(
     val: pd.DataFrame, test: pd.DataFrame, replicates: int, level: float, seed: int
 ) -> dict[str, Any]:
     """Threshold chosen on validation (Youden), metrics on test with cluster-bootstrap CIs."""
-    val_cases, test_cases = evaluable(val), evaluable(test)
+    val_cases = evaluable(val)
     val_labels = val_cases["label"].to_numpy() == 1
     if val_labels.all() or not val_labels.any():
         return {"threshold": None, "undefined": "single-class validation split"}
     threshold = youden_threshold(val_labels, val_cases["prob"].to_numpy(float))
+    return point_at_threshold(test, threshold, replicates, level, seed)
+
+
+def point_at_threshold(
+    test: pd.DataFrame, threshold: float, replicates: int, level: float, seed: int
+) -> dict[str, Any]:
+    """Sensitivity, specificity, precision, F1 and accuracy on ``test`` at ``threshold``
+    (predict positive when prob >= it), with patient-bootstrap CIs."""
+    test_cases = evaluable(test)
     labels = test_cases["label"].to_numpy() == 1
     predicted = test_cases["prob"].to_numpy(float) >= threshold
     point = {

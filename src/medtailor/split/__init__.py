@@ -220,6 +220,10 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
     )
     keep = read_kept_split(Path(cfg["keep"])) if cfg.get("keep") else None
     split = assign_splits(patients, cfg["fractions"], str(cfg["key"]), cfg["stratify"], keep)
+    # An external cohort validates frozen models: every patient is a test patient.
+    external = "external" in params
+    if external:
+        split["split"] = "test"
     with atomic_output(out_csv) as tmp:
         split.to_csv(tmp, index=False)
     summary: dict[str, Any] = {
@@ -241,7 +245,7 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
                 name: {c: int((rows["label"] == k).sum()) for k, c in enumerate(task["classes"])}
                 for name, rows in ((n, coded[coded["split"] == n]) for n in SPLITS)
             }
-    for name in SPLITS:
+    for name in ("test",) if external else SPLITS:
         chosen = split[split["split"] == name]
         summary[f"{name}_patients"] = len(chosen)
         summary[f"{name}_patients_with_lesions"] = int(chosen["has_lesion"].sum())
@@ -250,7 +254,7 @@ def run_split(input_dir: Path, out_csv: Path, params: dict[str, Any]) -> dict[st
         if len(chosen) == 0 or not chosen["has_lesion"].any():
             messages.append(f"the {name} split has {len(chosen)} patients, none with a lesion")
         share, asked = len(chosen) / max(len(split), 1), float(cfg["fractions"][SPLITS.index(name)])
-        if abs(share - asked) > 0.1:
+        if abs(share - asked) > 0.1 and not external:
             messages.append(
                 f"the {name} split holds {len(chosen)} of {len(split)} patients ({share:.0%}) "
                 f"against {asked:.0%} asked (another split.key draws another assignment)"

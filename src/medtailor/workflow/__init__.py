@@ -113,6 +113,31 @@ def task_params_text(text: str, task: str, with_synth: bool) -> str:
     return "".join(parts)
 
 
+def external_bundles(folder: Path, trained: Path, params: dict, names: list[str]) -> list[str]:
+    """Write the external project's params.yaml and a bundle of each frozen model."""
+    import yaml
+
+    from medtailor.config import EXTERNAL_BUNDLES, load_params
+    from medtailor.predict.bundle import write_bundle
+
+    header = (
+        f"# External validation of {trained.name}'s frozen models (medtailor init --external):\n"
+        "# the trained project's settings, ingest.input the cohort, external the record.\n"
+    )
+    (folder / "params.yaml").write_text(header + yaml.safe_dump(params, sort_keys=False))
+    trained_params = load_params(trained / "params.yaml")
+    commit = params["external"]["commit"]
+    for name in names:
+        write_bundle(
+            trained / "data" / "models" / name,
+            trained_params,
+            trained / "data" / "detector",
+            folder / EXTERNAL_BUNDLES / name,
+            commit,
+        )
+    return [f"bundled {len(names)} frozen model(s) into {EXTERNAL_BUNDLES}/: {', '.join(names)}"]
+
+
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=60)
 
@@ -137,7 +162,47 @@ def _commit(folder: Path, message: str) -> str:
     return _git(folder, "rev-parse", "HEAD").stdout.strip()
 
 
-def init_project(folder: Path, raw_input: Path | None = None, task: str = "demo") -> list[str]:
+# What an external-validation project keeps of the trained project's params: the stages
+# that ingest, detect and cut patches as training did, the evaluation settings, and the
+# models (their names); never the training-only blocks.
+EXTERNAL_DROPS = ("synth", "search", "search_seg", "studies", "train_seg", "seg_models")
+
+
+def external_params(trained: Path, cohort: Path) -> tuple[dict, list[str]]:
+    """The params of a project validating ``trained``'s frozen classifiers on ``cohort``,
+    and the names of those classifiers."""
+    from medtailor.config import load_params, params_hash
+    from medtailor.evaluate import trained_folders
+    from medtailor.predict.bundle import project_commit
+
+    params = load_params(trained / "params.yaml")
+    if params.get("patches", {}).get("source") != "candidates" or (
+        params["detector"]["source"] != "builtin"
+    ):
+        raise ValueError(
+            f"{trained}: external validation takes classifiers of the built-in detector's "
+            "candidates (patches.source: candidates, detector.source: builtin)"
+        )
+    names = sorted(trained_folders([trained / "data" / "models"]))
+    external = {
+        **{key: value for key, value in params.items() if key not in EXTERNAL_DROPS},
+        "external": {
+            "project": str(trained),
+            "commit": project_commit(trained),
+            "params_hash": params_hash(params),
+            "models": names,
+        },
+    }
+    external["ingest"] = {**params["ingest"], "input": str(cohort)}
+    return external, names
+
+
+def init_project(
+    folder: Path,
+    raw_input: Path | None = None,
+    task: str = "demo",
+    external: Path | None = None,
+) -> list[str]:
     """Make ``folder`` a medtailor project: params.yaml (the demo's, or only ``task``'s
     blocks; reading ``raw_input`` when given), a Snakefile that runs the installed workflow
     as a module, the local and Slurm profiles, dvc.yaml, .gitignore, a git repository and
@@ -152,10 +217,14 @@ def init_project(folder: Path, raw_input: Path | None = None, task: str = "demo"
             "--task whole-image needs --input: the synthetic demo set has no whole-image "
             "classes (give a folder of images with annotations/classes.csv)"
         )
+    if external is not None and raw_input is None:
+        raise ValueError("--external needs --input: the labelled cohort to validate on")
     folder = folder.resolve()
     for name in ("params.yaml", "Snakefile", "dvc.yaml"):
         if (folder / name).exists():
             raise ProjectExistsError(f"{folder / name} exists: {folder} is already a project")
+    if external is not None:
+        params, names = external_params(external.resolve(), raw_input)
     folder.mkdir(parents=True, exist_ok=True)
     done = []
     for name in TEMPLATE_FILES:
@@ -169,6 +238,8 @@ def init_project(folder: Path, raw_input: Path | None = None, task: str = "demo"
     reads_synth = raw_input is None or str(raw_input) == SYNTH_INPUT
     (folder / "params.yaml").write_text(task_params_text(text, task, reads_synth))
     done.append(f"wrote {', '.join(TEMPLATE_FILES)}")
+    if external is not None:
+        done += external_bundles(folder, external.resolve(), params, names)
     write_dvc_yaml(folder / "dvc.yaml")
     gitignore = folder / ".gitignore"
     existing = gitignore.read_text() if gitignore.exists() else ""

@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from medtailor.config import SYNTH_INPUT, runs_classification, runs_detector, runs_segmentation
+from medtailor.config import (
+    EXTERNAL_BUNDLES,
+    SYNTH_INPUT,
+    is_external,
+    runs_classification,
+    runs_detector,
+    runs_segmentation,
+)
 from medtailor.config.stage_keys import stage_keys
 
 HEADER = """\
@@ -62,6 +69,7 @@ COMPUTE_STAGES = (
     "search_seg_fine",
     "search_seg_final",
     "study_train",
+    "score",
 )
 
 
@@ -540,10 +548,56 @@ def stage_entry(stage: DvcStage, root: Path | None, params: dict[str, Any]) -> d
     return {key: value for key, value in entry.items() if value}
 
 
+def external_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """An external-validation project: detect with the bundles' detector, patches, each
+    frozen model scoring them, the external report. No training stage."""
+    models = params["external"]["models"]
+    detector = f"{EXTERNAL_BUNDLES}/{models[0]}/detector"
+    _, detect, patches = patch_stages(params)
+    detect = replace(
+        detect,
+        cmd=detect.cmd.replace("--detector data/detector", f"--detector {detector}"),
+        deps=("data/resample", detector),
+    )
+    score = DvcStage(
+        "score",
+        "score",
+        f"medtailor score --params params.yaml --model {EXTERNAL_BUNDLES}/${{item}} --input "
+        "data/patches --output data/scores/${item} --metrics metrics/score/${item}.json",
+        deps=("data/patches", f"{EXTERNAL_BUNDLES}/${{item}}"),
+        outs=("data/scores/${item}",),
+        metrics=("metrics/score/${item}.json",),
+        foreach="${external.models}",
+    )
+    evaluate = DvcStage(
+        "evaluate",
+        "evaluate",
+        "medtailor evaluate --params params.yaml --input data/patches --resample data/resample "
+        "--split data/split/split.csv --trained data/scores --output data/evaluate --metrics "
+        "metrics/evaluate.json",
+        deps=(
+            "data/patches",
+            "data/resample",
+            "data/split/split.csv",
+            "data/scores",
+            EXTERNAL_BUNDLES,
+        ),
+        outs=("data/evaluate",),
+        metrics=("metrics/evaluate.json",),
+    )
+    return (detect, patches, score, evaluate)
+
+
 def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
     """dvc.yaml of a project with ``params`` as a mapping; code dependencies when ``root``
     is the source repository."""
     stages: dict[str, Any] = {}
+    if is_external(params):
+        for stage in (*data_stages(params), *external_stages(params)):
+            entry = stage_entry(stage, root, params)
+            stages[stage.name] = {"foreach": stage.foreach, "do": entry} if stage.foreach else entry
+        plots = [*PATCH_PLOTS["candidates"], *PLOTS_CLASSIFICATION, *PLOTS_DETECTION[:1]]
+        return {"stages": stages, "plots": plots}
     searched = search_stages(params)
     for stage in (
         *data_stages(params),

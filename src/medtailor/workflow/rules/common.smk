@@ -15,12 +15,18 @@ DETECTOR_PRIORITY = 10
 RUNS_CLASSIFICATION = runs_classification(config)
 RUNS_DETECTOR = runs_detector(config)
 RUNS_SEGMENTATION = runs_segmentation(config)
+# An external-validation project: frozen models in trained/<model>/ score a new cohort.
+EXTERNAL = is_external(config)
+EXTERNAL_MODELS = config["external"]["models"] if EXTERNAL else []
 
 
 def detector_source():
-    """Candidates come from the trained detector, or from the user's own box file."""
+    """Candidates come from the trained detector (an external project's: the one its
+    frozen models learnt from, in their bundles), or from the user's own box file."""
     if config["detector"]["source"] == "external":
         return config["detector"]["external_boxes"]
+    if EXTERNAL:
+        return f"{EXTERNAL_BUNDLES}/{EXTERNAL_MODELS[0]}/detector"
     return rules.train_detector.output.models
 
 

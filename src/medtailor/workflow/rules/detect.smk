@@ -9,9 +9,9 @@ rule train_detector:
         "logs/train_detector.log",
     benchmark:
         "benchmarks/train_detector.tsv"
+    priority: DETECTOR_PRIORITY
     conda:
         ENV
-    priority: DETECTOR_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,

@@ -37,9 +37,9 @@ rule search_seg_candidate:
         "logs/search_seg/g{g}_candidate_{i}.log",
     benchmark:
         "benchmarks/search_seg_candidate/g{g}_candidate_{i}.tsv"
+    priority: SEGMENTATION_SEARCH_PRIORITY
     conda:
         ENV
-    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
@@ -90,9 +90,9 @@ rule search_seg_fine:
         "logs/search_seg/fine.log",
     benchmark:
         "benchmarks/search_seg_fine.tsv"
+    priority: SEGMENTATION_SEARCH_PRIORITY
     conda:
         ENV
-    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
@@ -120,9 +120,9 @@ rule search_seg_final:
         "benchmarks/search_seg_final/{seg_final}.tsv"
     wildcard_constraints:
         seg_final="|".join(SEG_FINALS) or "(?!x)x",
+    priority: SEGMENTATION_SEARCH_PRIORITY
     conda:
         ENV
-    priority: SEGMENTATION_SEARCH_PRIORITY
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,
