@@ -89,3 +89,24 @@ def test_a_segmentation_project_runs_to_its_report_and_dvc_agrees(tmp_path, repo
         "synth", "ingest", "resample", "split", "train_seg@dynunet_baseline", "evaluate",
     }  # fmt: skip
     assert "up to date" in run([str(BIN / "dvc"), "status"], project).stdout
+
+    # The trained network on the project's raw volumes as new scans: its label maps on the
+    # original grids are the project's own predictions of the val and test volumes.
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    model = project / "data" / "seg_models" / "dynunet_baseline"
+    out = tmp_path / "predicted"
+    cmd = [str(BIN / "medtailor"), "predict", "--model", str(model), "--input", "data/synth"]
+    run([*cmd, "--output", str(out)], project)
+    own = sorted((model / "predictions_native").glob("*.nii.gz"))
+    assert own
+    for path in own:
+        new = nib.load(out / "labels" / path.name)
+        assert np.array_equal(np.asarray(new.dataobj), np.asarray(nib.load(path).dataobj))
+        assert np.allclose(new.affine, nib.load(path).affine)
+    findings = pd.read_csv(out / "findings.csv")
+    volumes = pd.read_parquet(project / "data" / "ingest" / "manifest.parquet")
+    assert set(findings["image_id"]) == set(volumes.loc[volumes["ndim"] == 3, "image_id"])
+    assert set(findings["class"]) == {"lesion", "bone"}

@@ -329,6 +329,32 @@ def test_a_whole_image_project_runs_under_snakemake_without_a_detector(tmp_path,
     assert (project / "benchmarks" / "train" / "tiny_linear.tsv").is_file()
     assert "time per stage" in run([str(BIN / "medtailor"), "status"], project).stdout
 
+    # The trained model applied to the raw images as new scans: its class probabilities
+    # for the test images equal the project's, and the most probable class is named.
+    out = tmp_path / "predicted"
+    model = project / "data" / "models" / "tiny_linear"
+    cmd = [
+        str(BIN / "medtailor"),
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(project / "raw"),
+    ]
+    run([*cmd, "--output", str(out)], tmp_path)
+    findings = pd.read_csv(out / "findings.csv")
+    assert findings["image_id"].nunique() == PATIENTS * IMAGES_PER_PATIENT
+    assert set(findings["target"]) == {"bar", "disc", "normal"}
+    trained = pd.read_parquet(model / "predictions.parquet")
+    test = trained[trained["split"] == "test"].assign(image_id=lambda f: f["patch_id"].str[:-6])
+    joined = test.merge(findings, on=["image_id", "target"], suffixes=("", "_new"))
+    assert len(joined) == len(test) > 0
+    np.testing.assert_allclose(joined["prob_new"], joined["prob"], atol=1e-5)
+    per_image = findings.pivot(index="image_id", columns="target", values="prob")
+    argmax = findings.drop_duplicates("image_id").set_index("image_id")["argmax"]
+    assert (per_image.idxmax(axis=1) == argmax.loc[per_image.index]).all()
+    assert len(list((out / "overlays").glob("*.png"))) == PATIENTS * IMAGES_PER_PATIENT
+
 
 def test_whole_images_with_the_search_enabled_are_refused_before_any_work(repo_params):
     from medtailor.config import ParamsError

@@ -216,7 +216,8 @@ def run_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> Result:
 
 
 def register_trained(folders: dict[str, Path], params_file: Path) -> dict[str, str]:
-    """Register each candidate classifier as an MLflow model (``<project>-<model>``), with
+    """Register each classifier (whole images, or the built-in detector's candidates) as an
+    MLflow model (``<project>-<model>``), with
     the bundle ``medtailor predict`` applies. Its params snapshot is the whole params file,
     which the evaluate stage's own view of params does not hold."""
     from medtailor.predict.serving import register_models
@@ -224,9 +225,8 @@ def register_trained(folders: dict[str, Path], params_file: Path) -> dict[str, s
     if not folders:
         return {}
     params = load_params(params_file)
-    servable = (
-        params["patches"]["source"] == "candidates" and params["detector"]["source"] == "builtin"
-    )
+    source = params["patches"]["source"]
+    servable = source == "whole_image" or params["detector"]["source"] == "builtin"
     if not servable:
         return {}
     return register_models(folders, params, Path.cwd(), DATA / "detector")
@@ -884,6 +884,12 @@ def predict_command(args: argparse.Namespace) -> dict[str, Any]:
 
     set_threads(args.threads)
     summary = run_predict(args.model, args.input, args.output, args.boxes)
+    if "label_maps" in summary:
+        print(
+            f"label maps of {summary['images_of_kind']} volume(s) on their original grids in "
+            f"{summary['label_maps']}; voxels and mL per class in {args.output / 'findings.csv'}"
+        )
+        return summary
     print(
         f"{summary['findings']} findings on {summary['images_of_kind']} image(s), "
         f"{summary['positive']} at or above the validation threshold: "

@@ -116,14 +116,22 @@ def run_patches(
     out_dir: Path,
     params: dict[str, Any],
     plots_dir: Path | None = None,
+    trained_task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the patch store: labelled detector candidates (``patches.source: candidates``)
-    or one sample per image of the classes table (``whole_image``)."""
+    or one sample per image of the classes table (``whole_image``). With ``trained_task``
+    (a trained whole-image model's task: ``predict``), every image is a sample and its
+    labels are unknown."""
     cfg = params["patches"]
     started = time.perf_counter()
     manifest = manifest_with_split(resample_dir, split_csv)
     truths = read_boxes(resample_dir / "boxes.parquet")
-    if cfg["source"] == "whole_image":
+    if cfg["source"] == "whole_image" and trained_task is not None:
+        task = {**trained_task, "samples": "whole_image"}
+        kinds = set(cfg["intensity"])
+        index = whole_image_index(manifest[manifest["kind"].isin(kinds)], None, task)
+        context, square, padding = 0.0, True, "zero"
+    elif cfg["source"] == "whole_image":
         classes = read_classes(resample_dir)
         if classes is None or classes.empty:
             raise PatchesInputError(

@@ -12,18 +12,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtailor.targets import target_codes, target_columns
+from medtailor.targets import UNKNOWN, target_codes, target_columns
 
 WHOLE_IMAGE_SCORE = 100.0  # the top of the candidate score range: never filtered out
 
 
+def unknown_codes(image_ids: pd.Series, task: dict[str, Any]) -> pd.DataFrame:
+    """Targets of images without labels (new scans a trained model predicts): unknown."""
+    coded = pd.DataFrame({"image_id": image_ids.to_numpy(), "label": UNKNOWN})
+    for column in target_columns(task):
+        coded[column] = UNKNOWN
+    return coded
+
+
 def whole_image_index(
-    manifest: pd.DataFrame, classes: pd.DataFrame, task: dict[str, Any]
+    manifest: pd.DataFrame, classes: pd.DataFrame | None, task: dict[str, Any]
 ) -> pd.DataFrame:
-    """One index row per image with targets; boxes span the image (x along axis 0)."""
+    """One index row per image with targets (every image, its targets unknown, when
+    ``classes`` is None); boxes span the image (x along axis 0)."""
     from medtailor.patches import INDEX_COLUMNS
 
-    coded = target_codes(classes, task)
+    coded = (
+        target_codes(classes, task)
+        if classes is not None
+        else unknown_codes(manifest["image_id"], task)
+    )
     meta = manifest[["image_id", "study_id", "patient_id", "kind", "split", "shape"]]
     index = meta.merge(coded, on="image_id", how="inner").sort_values("image_id")
     shapes = [tuple(int(v) for v in shape) for shape in index["shape"]]

@@ -139,6 +139,62 @@ def findings_table(
     return found[FINDING_COLUMNS].reset_index(drop=True)
 
 
+def image_findings(
+    index: pd.DataFrame,
+    probs: np.ndarray,
+    ingest_manifest: pd.DataFrame,
+    task: dict[str, Any],
+    thresholds: dict[str, float | None],
+) -> pd.DataFrame:
+    """Whole images: one row per image and class (binary: the positive class; multi-label:
+    each finding) with its probability and whether it reaches the class's validation
+    threshold; multi-class rows also name the most probable class (``argmax``)."""
+    classes = [str(c) for c in task["classes"]]
+    targets = classes[1:] if task["task"] == "binary" else classes
+    table = np.asarray(probs, float).reshape(len(index), -1)
+    meta = index[["image_id", "patient_id", "kind"]].reset_index(drop=True)
+    parts = []
+    for k, target in enumerate(targets):
+        threshold = thresholds.get(target)
+        part = meta.assign(target=target, prob=table[:, k], threshold=threshold)
+        part["positive"] = (part["prob"] >= threshold) if threshold is not None else pd.NA
+        if task["task"] == "multiclass":
+            part["argmax"] = [classes[j] for j in table.argmax(axis=1)]
+        parts.append(part)
+    found = pd.concat(parts, ignore_index=True)
+    found = found.merge(ingest_manifest[["image_id", "source_row"]], on="image_id")
+    columns = ["image_id", "patient_id", "source_row", "kind", "target", "prob", "threshold"]
+    columns += ["positive", *(["argmax"] if task["task"] == "multiclass" else [])]
+    return found.sort_values(["image_id", "target"], kind="stable")[columns].reset_index(drop=True)
+
+
+def predict_segmentation(
+    bundle: Path, record: dict[str, Any], params: dict[str, Any], input_root: Path, out_dir: Path
+) -> dict[str, Any]:
+    """A segmentation network on new volumes: label maps on their original grids and
+    ``findings.csv`` (voxels and mL of each class per volume)."""
+    from medtailor.ingest import run_ingest
+    from medtailor.predict.segmentation import LABEL_MAPS, segment_volumes
+    from medtailor.resample import run_resample
+
+    work = out_dir / "work"
+    run_ingest(input_root, work / "ingest", params)
+    run_resample(work / "ingest", work / "resample", params)
+    findings = segment_volumes(bundle, work, out_dir)
+    findings.to_csv(out_dir / "findings.csv", index=False)
+    summary = {
+        "model": record["model"],
+        "images": int(read_manifest(work / "ingest" / "manifest.parquet").shape[0]),
+        "images_of_kind": int(findings["image_id"].nunique()),
+        "findings": len(findings),
+        "positive": int((findings["voxels"] > 0).sum()),
+        "label_maps": str(out_dir / LABEL_MAPS),
+        "overlays": 0,
+    }
+    (out_dir / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def run_predict(
     model: str, input_root: Path, out_dir: Path, boxes: Path | None = None
 ) -> dict[str, Any]:
@@ -152,11 +208,13 @@ def run_predict(
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = resolve_bundle(model, out_dir)
     record, params, thresholds = read_bundle(bundle)
-    if record["samples"] != "candidates" or record["task"].get("task", "binary") != "binary":
+    if record["samples"] == "segmentation":
+        return predict_segmentation(bundle, record, params, input_root, out_dir)
+    whole_image = record["samples"] == "whole_image"
+    if not whole_image and record["task"].get("task", "binary") != "binary":
         raise BundleError(
-            f"{record['model']}: predict applies candidate classifiers (patches.source: "
-            f"candidates, two classes); this model classifies {record['samples']} samples "
-            f"({record['task'].get('task')})"
+            f"{record['model']}: a candidate classifier with classes {record['task']}: "
+            "predict applies two-class candidate classifiers"
         )
     if record["detector"] == "external":
         if boxes is None:
@@ -169,34 +227,49 @@ def run_predict(
     run_ingest(input_root, work / "ingest", params)
     run_resample(work / "ingest", work / "resample", params)
     split_csv = everyone_in_test(work / "resample", work / "split.csv")
-    detector = boxes if record["detector"] == "external" else bundle / DETECTOR_FOLDER
-    run_detect(work / "resample", detector, work / "candidates.parquet", params)
-    run_patches(work / "resample", split_csv, work / "candidates.parquet", work / "patches", params)
+    if whole_image:
+        run_patches(
+            work / "resample",
+            split_csv,
+            None,
+            work / "patches",
+            params,
+            trained_task=record["task"],
+        )
+    else:
+        detector = boxes if record["detector"] == "external" else bundle / DETECTOR_FOLDER
+        run_detect(work / "resample", detector, work / "candidates.parquet", params)
+        run_patches(
+            work / "resample", split_csv, work / "candidates.parquet", work / "patches", params
+        )
 
     dataset, probs, classifier = score_patches(bundle, work / "patches")
-    target, threshold = next(iter(thresholds.items()), ("positive", None))
-    findings = findings_table(
-        dataset.frame(),
-        probs,
-        pd.read_parquet(work / "candidates.parquet"),
-        read_manifest(work / "ingest" / "manifest.parquet"),
-        target,
-        threshold,
-    )
+    manifest = read_manifest(work / "ingest" / "manifest.parquet")
+    if whole_image:
+        findings = image_findings(dataset.frame(), probs, manifest, record["task"], thresholds)
+    else:
+        target, threshold = next(iter(thresholds.items()), ("positive", None))
+        findings = findings_table(
+            dataset.frame(),
+            probs,
+            pd.read_parquet(work / "candidates.parquet"),
+            manifest,
+            target,
+            threshold,
+        )
     findings.to_csv(out_dir / "findings.csv", index=False)
 
-    from medtailor.predict.overlay import write_overlays
+    from medtailor.predict.overlay import write_image_overlays, write_overlays
 
-    overlays = write_overlays(
-        findings, classifier, dataset, work / "ingest", out_dir / "overlays", params
-    )
+    write = write_image_overlays if whole_image else write_overlays
+    overlays = write(findings, classifier, dataset, work / "ingest", out_dir / "overlays", params)
     summary = {
         "model": record["model"],
         "images": int(read_manifest(work / "ingest" / "manifest.parquet").shape[0]),
         "images_of_kind": int(findings["image_id"].nunique()),
         "findings": len(findings),
         "positive": int(findings["positive"].fillna(False).astype(bool).sum()),
-        "threshold": threshold,
+        "thresholds": thresholds,
         "overlays": overlays,
     }
     (out_dir / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")

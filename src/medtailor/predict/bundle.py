@@ -2,7 +2,8 @@
 MLflow model wrapping it) needs, with no params.yaml of the project that trained it.
 
 A bundle holds:
-- ``classifier.pt``: the checkpoint (its own configuration and task inside);
+- ``classifier.pt`` (``segmenter.pt`` for a 3D segmentation network): the checkpoint, its
+  own configuration and task inside;
 - ``detector/``: the detector checkpoints that made the candidates it learnt from (none
   for whole images or the user's own boxes);
 - ``params.json``: the trained project's params, so ingest, resample, detection and patch
@@ -27,6 +28,7 @@ from medtailor.config import load_params, params_hash
 
 BUNDLE_FILE = "bundle.json"
 CLASSIFIER_FILE = "classifier.pt"
+SEGMENTER_FILE = "segmenter.pt"
 DETECTOR_FOLDER = "detector"
 PARAMS_FILE = "params.json"
 OPERATING_POINT_FILE = "operating_point.json"
@@ -110,10 +112,39 @@ def write_bundle(
             "channels": int(state["config"]["input_channels"]),
         },
         "samples": params["patches"]["source"],
-        "detector": "builtin" if uses_detector else params["detector"]["source"],
+        "detector": "builtin"
+        if uses_detector
+        else params.get("detector", {}).get("source", "none"),
         "commit": commit,
         "params_hash": params_hash(params),
         "validation_auc": _finite(state.get("val_auc")),
+    }
+    (out_dir / BUNDLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def write_segmentation_bundle(
+    model_dir: Path, params: dict[str, Any], out_dir: Path, commit: str = ""
+) -> dict[str, Any]:
+    """Gather a trained segmentation network (``data/seg_models/<name>``) with the params
+    that ingest and resample new volumes as its training data was."""
+    checkpoint = model_dir / "best.pt"
+    if not checkpoint.is_file():
+        raise BundleError(f"{checkpoint}: missing; {model_dir} is not a trained segmentation model")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint, out_dir / SEGMENTER_FILE)
+    (out_dir / OPERATING_POINT_FILE).write_text("{}\n")
+    (out_dir / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    record = {
+        "model": model_dir.name,
+        "task": {"task": "segmentation", "classes": list(state["entry"]["labels"])},
+        "samples": "segmentation",
+        "detector": "none",
+        "commit": commit,
+        "params_hash": params_hash(params),
     }
     (out_dir / BUNDLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -135,9 +166,12 @@ def project_of(model_dir: Path) -> Path:
 
 
 def bundle_project_model(model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """A bundle of a project's trained model folder, read with the project's params."""
+    """A bundle of a project's trained model folder (``data/models/<name>`` or
+    ``data/seg_models/<name>``), read with the project's params."""
     project = project_of(model_dir)
     params = load_params(project / "params.yaml")
+    if model_dir.resolve().parent.name == "seg_models":
+        return write_segmentation_bundle(model_dir, params, out_dir, project_commit(project))
     return write_bundle(
         model_dir, params, project / "data" / "detector", out_dir, project_commit(project)
     )
@@ -147,13 +181,17 @@ def read_bundle(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str,
     """(bundle record, params snapshot, thresholds) of a bundle folder."""
     missing = [
         name
-        for name in (BUNDLE_FILE, CLASSIFIER_FILE, PARAMS_FILE, OPERATING_POINT_FILE)
+        for name in (BUNDLE_FILE, PARAMS_FILE, OPERATING_POINT_FILE)
         if not (folder / name).is_file()
     ]
     if missing:
         raise BundleError(f"{folder}: not a model bundle, missing {', '.join(missing)}")
+    record = json.loads((folder / BUNDLE_FILE).read_text())
+    network = SEGMENTER_FILE if record["samples"] == "segmentation" else CLASSIFIER_FILE
+    if not (folder / network).is_file():
+        raise BundleError(f"{folder}: not a model bundle, missing {network}")
     return (
-        json.loads((folder / BUNDLE_FILE).read_text()),
+        record,
         json.loads((folder / PARAMS_FILE).read_text()),
         json.loads((folder / OPERATING_POINT_FILE).read_text()),
     )

@@ -118,3 +118,67 @@ def write_overlays(
         save_figure(fig, out_dir / f"{image_id}.png")
         written += 1
     return written
+
+
+def letterbox_extent(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[float]:
+    """Where a whole image's square sample (the image letterboxed into a square of its
+    longer physical side) lies over the image, as matplotlib's extent."""
+    width, height = shape[0] * spacing[0], shape[1] * spacing[1]
+    side = max(width, height)
+    x0, y0 = (width - side) / 2 / spacing[0], (height - side) / 2 / spacing[1]
+    x1, y1 = x0 + side / spacing[0], y0 + side / spacing[1]
+    return [x0 - 0.5, x1 - 0.5, y1 - 0.5, y0 - 0.5]
+
+
+def write_image_overlays(
+    findings: pd.DataFrame,
+    classifier: torch.nn.Module,
+    dataset: Any,
+    ingest_dir: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+) -> int:
+    """Whole images: each with its class probabilities and the activation map of its most
+    probable class; returns the number of PNGs written."""
+    from medtailor.evaluate.gradcam import gradcam_maps
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(ingest_dir / "manifest.parquet").set_index("image_id")
+    task = dataset.task
+    classes = [str(c) for c in task["classes"]]
+    method = str(params["evaluate"]["cam_method"])
+    device = next(classifier.parameters()).device
+    plt = pyplot()
+    written = 0
+    frame = dataset.frame().reset_index(drop=True)
+    for position, sample in tqdm(frame.iterrows(), total=len(frame), desc="overlays", unit="image"):
+        row = manifest.loc[sample["image_id"]]
+        if int(row["ndim"]) != 2:
+            continue
+        rows = findings[findings["image_id"] == sample["image_id"]]
+        top = rows.loc[rows["prob"].idxmax()]
+        image_tensor = dataset[int(position)][0][None].to(device)
+        with torch.enable_grad():
+            cam = gradcam_maps(
+                classifier,
+                image_tensor,
+                dataset.input_size,
+                method,
+                target=classes.index(str(top["target"])),
+                multilabel=task["task"] == "multilabel",
+            )[0]
+        image, _ = load_nifti(ingest_dir / row["image_path"])
+        image = image[..., 0] if image.ndim == 3 else image
+        fig, ax = plt.subplots(figsize=(5, 5 * image.shape[1] / max(image.shape[0], 1)))
+        low, high = np.percentile(image, [1, 99])
+        ax.imshow(image.T, cmap="gray", vmin=low, vmax=high)
+        spacing = tuple(float(v) for v in row["spacing"])
+        ax.imshow(cam, cmap="jet", alpha=0.35, extent=letterbox_extent(image.shape, spacing))
+        ax.set_xlim(-0.5, image.shape[0] - 0.5)
+        ax.set_ylim(image.shape[1] - 0.5, -0.5)
+        text = ", ".join(f"{r.target} {r.prob:.2f}" for r in rows.itertuples())
+        ax.set_title(f"{sample['image_id']}: {text}\nmap: {top['target']}", fontsize=8)
+        ax.axis("off")
+        save_figure(fig, out_dir / f"{sample['image_id']}.png")
+        written += 1
+    return written

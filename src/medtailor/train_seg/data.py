@@ -89,12 +89,18 @@ def to_label_values(classes: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return np.asarray([0, *values], np.int16)[classes]
 
 
+def scaled_channels(image: np.ndarray, intensity: Mapping[str, Any]) -> np.ndarray:
+    """(C, X, Y, Z) of a volume (a 4D one's last axis are its channels), each channel
+    scaled to [0, 1] as the network was trained."""
+    channels = [image] if image.ndim == 3 else list(np.moveaxis(image, -1, 0))
+    return np.stack([scale_intensity(c, intensity_bounds(c, intensity)) for c in channels])
+
+
 def load_sample(
     resample_dir: Path, row: pd.Series, labels: Mapping[str, int], intensity: Mapping[str, Any]
 ) -> dict[str, Any]:
     image, affine = load_nifti(resample_dir / row["image_path"])
-    channels = [image] if image.ndim == 3 else list(np.moveaxis(image, -1, 0))
-    scaled = np.stack([scale_intensity(c, intensity_bounds(c, intensity)) for c in channels])
+    scaled = scaled_channels(image, intensity)
     label_map, _ = load_nifti(resample_dir / row["label_path"], dtype=None)
     if label_map.shape != image.shape[:3]:
         raise ValueError(
