@@ -58,16 +58,20 @@ def write_overlays(
     out_dir: Path,
     params: dict[str, Any],
 ) -> int:
-    """Draw every 2D image with findings; returns the number of PNGs written."""
+    """Draw every 2D image of the classifier's kind with its findings; returns the number
+    of PNGs written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(ingest_dir / "manifest.parquet").set_index("image_id")
     frame = dataset.frame().reset_index(drop=True)
     position = pd.Series(np.arange(len(frame)), index=frame["patch_id"])
     plt = pyplot()
     written = 0
-    for image_id, rows in tqdm(findings.groupby("image_id"), desc="overlays", unit="image"):
-        if int(manifest.loc[image_id, "ndim"]) != 2:
-            continue
+    # Every image the classifier reads gets one, those without a kept candidate too.
+    kind = dataset.kind
+    images = manifest.index[(manifest["kind"] == kind) & (manifest["ndim"] == 2)]
+    by_image = dict(tuple(findings.groupby("image_id")))
+    for image_id in tqdm(sorted(images), desc="overlays", unit="image"):
+        rows = by_image.get(image_id, findings.iloc[:0])
         image, _ = load_nifti(ingest_dir / manifest.loc[image_id, "image_path"])
         image = image[..., 0] if image.ndim == 3 else image
         drawn = rows.nlargest(DRAWN, "prob")

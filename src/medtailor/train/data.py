@@ -79,6 +79,7 @@ class PatchDataset(Dataset):
         )
         self.input_size = input_size
         self.channels = channels
+        self.kind = kind
         self.transform = augmentation(augment) if augment else None
 
     def __len__(self) -> int:
