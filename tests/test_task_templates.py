@@ -110,3 +110,30 @@ def test_a_segmentation_project_runs_to_its_report_and_dvc_agrees(tmp_path, repo
     volumes = pd.read_parquet(project / "data" / "ingest" / "manifest.parquet")
     assert set(findings["image_id"]) == set(volumes.loc[volumes["ndim"] == 3, "image_id"])
     assert set(findings["class"]) == {"lesion", "bone"}
+
+
+@pytest.mark.slow
+def test_a_detection_project_runs_to_its_report_and_dvc_agrees(tmp_path, repo_params):
+    project = tmp_path / "project"
+    init(project, "--task", "detection")
+    params = load_params(project / "params.yaml")
+    tiny = small(repo_params)
+    for block in ("synth", "detector", "patches"):
+        params[block] = tiny[block]
+    params["train"]["epochs"] = tiny["train"]["epochs"]
+    params["split"]["key"] = tiny["split"]["key"]
+    params["evaluate"]["bootstrap_replicates"] = 100
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "snakemake"), "--cores", "2"], project)
+    models = sorted(params["models"])
+    report = (project / "data" / "evaluate" / "report.md").read_text()
+    assert all(name in report for name in models) and "3D segmentation" not in report
+    # Every classifier is registered in MLflow as <project>-<model>.
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert metrics["registered_models"] == len(models)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {
+        "synth", "ingest", "resample", "split", "train_detector", "detect", "patches",
+        *(f"train@{name}" for name in models), "evaluate",
+    }  # fmt: skip
+    assert "up to date" in run([str(BIN / "dvc"), "status"], project).stdout
