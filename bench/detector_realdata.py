@@ -82,51 +82,14 @@ CONFIGS = {
 }
 
 
-def patient_of(name: str) -> str:
-    return name.split(".rf.")[0]
-
-
 def build_raw(raw: Path, patients: int, seed: int) -> dict[str, int]:
-    """Symlink the chosen images and write subjects.csv and boxes.csv (YOLO -> pixel edges)."""
-    from PIL import Image
+    """The images with boxes of ``patients`` patients drawn with ``seed``, in the input
+    layout (the example projects' own conversion: medtailor.examples.datasets)."""
+    from medtailor.examples.datasets import fracture_patients, fracture_raw
 
-    labelled = sorted(p for p in (DATA / "labels").glob("*.txt") if p.read_text().strip())
-    by_patient: dict[str, list[Path]] = {}
-    for label in labelled:
-        by_patient.setdefault(patient_of(label.stem), []).append(label)
-    names = sorted(by_patient)
+    names = sorted(fracture_patients(DATA))
     chosen = sorted(np.random.default_rng(seed).choice(names, min(patients, len(names)), False))
-    (raw / "images").mkdir(parents=True, exist_ok=True)
-    (raw / "annotations").mkdir(exist_ok=True)
-    subjects, boxes = [], []
-    for patient in chosen:
-        for label in by_patient[patient]:
-            image = DATA / "images" / f"{label.stem}.jpg"
-            if not image.is_file():
-                continue
-            target = raw / "images" / image.name
-            if not target.exists():
-                target.symlink_to(image)
-            source = f"images/{image.name}"
-            subjects.append({"source": source, "patient": patient, "study": label.stem})
-            width, height = Image.open(image).size
-            for line in label.read_text().split("\n"):
-                if not line.strip():
-                    continue
-                cls, cx, cy, w, h = (float(v) for v in line.split())
-                boxes.append(
-                    {
-                        "source": source,
-                        "x0": (cx - w / 2) * width,
-                        "y0": (cy - h / 2) * height,
-                        "x1": (cx + w / 2) * width,
-                        "y1": (cy + h / 2) * height,
-                        "class_id": int(cls) + 1,
-                    }
-                )
-    pd.DataFrame(subjects).to_csv(raw / "annotations" / "subjects.csv", index=False)
-    pd.DataFrame(boxes).to_csv(raw / "annotations" / "boxes.csv", index=False)
-    return {"patients": len(chosen), "images": len(subjects), "boxes": len(boxes)}
+    return fracture_raw(DATA, raw, patients=[str(name) for name in chosen])
 
 
 def prepare(out: Path, patients: int, epochs: int) -> dict:

@@ -981,12 +981,23 @@ def status(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
 def init_command(args: argparse.Namespace) -> dict[str, Any]:
     from medtailor.workflow import init_project
 
-    for step in init_project(args.folder, args.input, args.task, args.external):
+    for step in init_project(
+        args.folder, args.input, args.task, args.external, args.example, args.source, args.scale,
+        args.limit,
+    ):  # fmt: skip
         print(f"  {step}")
     if args.external is not None:
         print(
             f"external-validation project ready in {args.folder}: {args.external}'s frozen "
             f"models score {args.input} (no training job). Next:\n"
+            f"  cd {args.folder}\n"
+            "  snakemake --cores 2            # the report: data/evaluate/report.md"
+        )
+        return {}
+    if args.example is not None:
+        print(
+            f"example project {args.example} ready in {args.folder} ({args.scale} scale; its "
+            "data linked into raw/). Next:\n"
             f"  cd {args.folder}\n"
             "  snakemake --cores 2            # the report: data/evaluate/report.md"
         )
@@ -1089,6 +1100,20 @@ def build_parser() -> argparse.ArgumentParser:
         "annotations/classes.csv) or segmentation (3D networks on annotations/labels.csv); "
         "params.yaml then holds only that task's blocks",
     )
+    p.add_argument(
+        "--example",
+        default=None,
+        help="an example project on a public dataset (docs/reproductions.md): "
+        "lidc-c2fnas; needs --source",
+    )
+    p.add_argument("--source", type=Path, default=None, help="the example's dataset folder")
+    p.add_argument(
+        "--scale",
+        choices=["cpu", "study"],
+        default="cpu",
+        help="the example's CPU scale (default) or the study's own (GPUs)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="the example on this many patients only")
     p.add_argument(
         "--external",
         type=Path,

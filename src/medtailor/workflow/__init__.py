@@ -113,6 +113,31 @@ def task_params_text(text: str, task: str, with_synth: bool) -> str:
     return "".join(parts)
 
 
+def example_params_text(name: str, example: dict, task: str, scale: str) -> str:
+    """The example's params.yaml: its settings over ``task``'s template, validated before
+    anything is written (raw/ is the dataset in the input layout)."""
+    import yaml
+
+    from medtailor.config import validate_params
+    from medtailor.examples import example_params, header
+
+    text = (PROJECT_TEMPLATE / "params.yaml").read_text()
+    text = re.sub(r"^  input: .*$", "  input: raw", text, count=1, flags=re.M)
+    template = yaml.safe_load(task_params_text(text, task, with_synth=False))
+    params = example_params(template, example, scale)
+    validate_params(params, f"example {name}")
+    return header(name, example, scale) + yaml.safe_dump(params, sort_keys=False)
+
+
+def example_data(folder: Path, name: str, source: Path, scale: str, limit: int | None) -> list[str]:
+    """The example's dataset linked into ``folder/raw`` in the input layout."""
+    from medtailor.examples import load_example, prepare_raw
+
+    counts = prepare_raw(load_example(name), source.resolve(), folder / "raw", limit)
+    what = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return [f"example {name} ({scale} scale): {source} linked into raw/ ({what})"]
+
+
 def external_bundles(folder: Path, trained: Path, params: dict, names: list[str]) -> list[str]:
     """Write the external project's params.yaml and a bundle of each frozen model."""
     import yaml
@@ -202,6 +227,10 @@ def init_project(
     raw_input: Path | None = None,
     task: str = "demo",
     external: Path | None = None,
+    example: str | None = None,
+    source: Path | None = None,
+    scale: str = "cpu",
+    limit: int | None = None,
 ) -> list[str]:
     """Make ``folder`` a medtailor project: params.yaml (the demo's, or only ``task``'s
     blocks; reading ``raw_input`` when given), a Snakefile that runs the installed workflow
@@ -217,6 +246,16 @@ def init_project(
             "--task whole-image needs --input: the synthetic demo set has no whole-image "
             "classes (give a folder of images with annotations/classes.csv)"
         )
+    if example is not None:
+        from medtailor.examples import load_example
+
+        chosen = load_example(example)
+        if source is None:
+            raise ValueError(
+                f"--example {example} needs --source: the {chosen['dataset']} dataset folder"
+            )
+        task, raw_input = chosen["task"], Path("raw")
+        example_text = example_params_text(example, chosen, task, scale)
     if external is not None and raw_input is None:
         raise ValueError("--external needs --input: the labelled cohort to validate on")
     folder = folder.resolve()
@@ -240,6 +279,9 @@ def init_project(
     done.append(f"wrote {', '.join(TEMPLATE_FILES)}")
     if external is not None:
         done += external_bundles(folder, external.resolve(), params, names)
+    if example is not None:
+        (folder / "params.yaml").write_text(example_text)
+        done += example_data(folder, example, source, scale, limit)
     write_dvc_yaml(folder / "dvc.yaml")
     gitignore = folder / ".gitignore"
     existing = gitignore.read_text() if gitignore.exists() else ""

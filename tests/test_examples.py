@@ -1,0 +1,74 @@
+"""The example projects on public data (``medtailor init --example``): each runs through
+Snakemake on a small subset with one-epoch recipes, so the examples never rot. Skipped
+when ``../shared`` (the public datasets) is absent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from medtailor.config import load_params
+from medtailor.examples import example_names, load_example
+
+from .conftest import BIN, SHARED, run
+
+pytestmark = pytest.mark.slow
+DATASETS = SHARED / "realdata"
+
+
+def one_epoch(params: dict) -> dict:
+    """Every recipe of the example cut to one epoch (the wiring, not the claim)."""
+    if "train_seg" in params:
+        params["train_seg"].update(epochs=1, validate_every=1, warmup_epochs=0)
+    if params.get("search_seg", {}).get("enabled"):
+        params["search_seg"].update(
+            budget=3,
+            recipe={"epochs": 1, "validate_every": 1},
+            supernet_recipe={"epochs": 1, "validate_every": 1},
+            final_recipe={"epochs": 1, "validate_every": 1},
+            assignments=2,
+        )
+    params["evaluate"]["bootstrap_replicates"] = 100
+    return params
+
+
+def test_every_example_names_its_study_claim_and_two_scales():
+    for name in example_names():
+        example = load_example(name)
+        assert example["reference"] and example["claim"]
+        assert set(example["scales"]) == {"cpu", "study"}
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_an_example_runs_on_a_subset_through_snakemake(tmp_path, name):
+    example = load_example(name)
+    source = DATASETS / example["dataset"]
+    if not source.is_dir():
+        pytest.skip(f"{source} is absent (the public datasets are not shipped)")
+    project = tmp_path / name
+    cmd = [str(BIN / "medtailor"), "init", str(project), "--example", name]
+    run([*cmd, "--source", str(source), "--limit", "4"], tmp_path)
+    text = (project / "params.yaml").read_text()
+    assert text.startswith(f"# Example {name}:") and "Scale: cpu." in text
+    params = one_epoch(load_params(project / "params.yaml"))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "snakemake"), "--cores", "2"], project)
+    report = (project / "data" / "evaluate" / "report.md").read_text()
+    assert report.strip()
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert metrics
+    assert "up to date" in run([str(BIN / "dvc"), "status"], project).stdout
+
+
+def test_the_study_scale_differs_from_the_cpu_scale_and_validates(tmp_path):
+    from medtailor.workflow import example_params_text
+
+    for name in example_names():
+        example = load_example(name)
+        cpu = yaml.safe_load(example_params_text(name, example, example["task"], "cpu"))
+        study = yaml.safe_load(example_params_text(name, example, example["task"], "study"))
+        assert cpu != study
+        for key, value in (example.get("study_scale") or {}).items():
+            assert study[key] != cpu[key] or value == {}
