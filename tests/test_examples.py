@@ -1,5 +1,6 @@
 """The example projects on public data (``medtailor init --example``): each runs through
-Snakemake on a small subset with one-epoch recipes, so the examples never rot. Skipped
+Snakemake on a small subset (10 patients, or images of each class) with one-epoch
+recipes, so the examples never rot. Skipped
 when ``../shared`` (the public datasets) is absent."""
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def one_epoch(params: dict) -> dict:
             final_recipe={"epochs": 1, "validate_every": 1},
             assignments=2,
         )
+    if "train" in params:
+        params["train"].update(epochs=1, warmup_epochs=0)
+    for study in params.get("studies", {}).values():
+        study["recipe"] = {**study.get("recipe", {}), "epochs": 1, "warmup_epochs": 0}
     params["evaluate"]["bootstrap_replicates"] = 100
     return params
 
@@ -49,7 +54,7 @@ def test_an_example_runs_on_a_subset_through_snakemake(tmp_path, name):
         pytest.skip(f"{source} is absent (the public datasets are not shipped)")
     project = tmp_path / name
     cmd = [str(BIN / "medtailor"), "init", str(project), "--example", name]
-    run([*cmd, "--source", str(source), "--limit", "4"], tmp_path)
+    run([*cmd, "--source", str(source), "--limit", "10"], tmp_path)
     text = (project / "params.yaml").read_text()
     assert text.startswith(f"# Example {name}:") and "Scale: cpu." in text
     params = one_epoch(load_params(project / "params.yaml"))

@@ -1104,7 +1104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--example",
         default=None,
         help="an example project on a public dataset (docs/reproductions.md): "
-        "lidc-c2fnas; needs --source",
+        "busi-transfer, lidc-c2fnas; needs --source",
     )
     p.add_argument("--source", type=Path, default=None, help="the example's dataset folder")
     p.add_argument(
