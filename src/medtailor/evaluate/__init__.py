@@ -132,6 +132,33 @@ def detection_inputs(
     }
 
 
+def detection_context(
+    manifest: pd.DataFrame,
+    truths: pd.DataFrame,
+    index: pd.DataFrame,
+    params: dict[str, Any],
+    splits: tuple[str, ...],
+) -> tuple[dict, dict[str, Any], dict[str, Any], pd.DataFrame]:
+    """What every model's evaluation shares: the test candidates with their lesion hits,
+    the evidence table of ``splits`` and the detector's own FROC (its summary and curve)."""
+    cfg, seed = params["evaluate"], int(params["seed"])
+    detection = detection_inputs(manifest, truths, index, "radiograph", cfg["froc"])
+    evidence = split_evidence(
+        manifest, truths, index, cfg["evidence"], params["patches"]["positive_iou"], splits
+    )
+    froc, curve = froc_summary(
+        detection["candidates"],
+        detection["lesions"],
+        detection["images"],
+        "score",
+        cfg["froc"],
+        int(cfg["bootstrap_replicates"]),
+        float(cfg["confidence_level"]),
+        seed,
+    )
+    return detection, evidence, froc, curve
+
+
 def correlations(table: pd.DataFrame) -> list[dict]:
     """Spearman correlations across models (CheXtransfer's analyses), where defined."""
     found = []
@@ -273,20 +300,9 @@ def run_evaluate(
     (out_dir / "models").mkdir(exist_ok=True)
     manifest = manifest_with_split(resample_dir, split_csv)
     truths = read_boxes(resample_dir / "boxes.parquet")
-    detection = detection_inputs(manifest, truths, store.index, "radiograph", cfg["froc"])
-    evidence = split_evidence(
-        manifest, truths, store.index, cfg["evidence"], params["patches"]["positive_iou"]
-    )
     replicates, level = int(cfg["bootstrap_replicates"]), float(cfg["confidence_level"])
-    detector_froc, detector_curve = froc_summary(
-        detection["candidates"],
-        detection["lesions"],
-        detection["images"],
-        "score",
-        cfg["froc"],
-        replicates,
-        level,
-        seed,
+    detection, evidence, detector_froc, detector_curve = detection_context(
+        manifest, truths, store.index, params, SPLITS
     )
     detector_recall = detector_recall_table(manifest, truths, store.index, cfg["froc"])
     results, frames, curves = {}, {}, [detector_curve.assign(model="detector")]

@@ -17,15 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from medtailor.evaluate import (
-    _clean,
-    detection_inputs,
-    roc_table,
-    split_evidence,
-)
+from medtailor.evaluate import _clean, detection_context, evaluate_model, roc_table
 from medtailor.evaluate.classification import (
     EvaluationInputError,
-    auc_with_ci,
     load_predictions,
     point_at_threshold,
 )
@@ -35,7 +29,6 @@ from medtailor.evaluate.comparisons import (
     compare_models,
     comparison_method_lines,
 )
-from medtailor.evaluate.detection import froc_summary
 from medtailor.evaluate.reliability import calibration_summary, reliability_figure
 from medtailor.patches.store import PatchStore
 from medtailor.predict.bundle import read_bundle
@@ -65,19 +58,8 @@ def evaluate_external(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = manifest_with_split(resample_dir, split_csv)
     truths = read_boxes(resample_dir / "boxes.parquet")
-    detection = detection_inputs(manifest, truths, store.index, "radiograph", cfg["froc"])
-    evidence = split_evidence(
-        manifest, truths, store.index, cfg["evidence"], params["patches"]["positive_iou"], ("test",)
-    )
-    detector_froc, detector_curve = froc_summary(
-        detection["candidates"],
-        detection["lesions"],
-        detection["images"],
-        "score",
-        cfg["froc"],
-        replicates,
-        level,
-        seed,
+    detection, evidence, detector_froc, detector_curve = detection_context(
+        manifest, truths, store.index, params, ("test",)
     )
     results, frames, curves, reliability = {}, {}, [detector_curve.assign(model="detector")], {}
     for name in params["external"]["models"]:
@@ -85,34 +67,21 @@ def evaluate_external(
         record, _, thresholds = read_bundle(bundles_dir / name)
         threshold = next(iter(thresholds.values()), None)
         test = frame[frame["split"] == "test"]
-        result: dict[str, Any] = {
-            "model": name,
-            "trained_validation_auc": record.get("validation_auc"),
-            "test": auc_with_ci(test, replicates, level, seed),
-        }
+        # The trained project's evaluation, on a cohort with no validation split...
+        result, tables = evaluate_model(name, frame, detection, cfg, seed)
+        del result["val"]
+        result["trained_validation_auc"] = record.get("validation_auc")
+        # ...and its decisions at the threshold the trained project chose.
         result["test_operating_point"] = (
             point_at_threshold(test, threshold, replicates, level, seed)
             if threshold is not None
             else {"threshold": None, "undefined": "the trained project chose no threshold"}
         )
-        candidates = detection["candidates"].merge(
-            test[["patch_id", "prob"]], on="patch_id", how="inner"
-        )
-        result["test_froc"], curve = froc_summary(
-            candidates,
-            detection["lesions"],
-            detection["images"],
-            "prob",
-            cfg["froc"],
-            replicates,
-            level,
-            seed,
-        )
         result["calibration"], reliability[name] = calibration_summary(
             test, replicates, level, seed
         )
         results[name], frames[name] = result, frame
-        curves.append(curve.assign(model=name))
+        curves.append(tables["froc"])
     comparisons = compare_models(frames, cfg, seed)
     summary = {
         "external": dict(params["external"]),
