@@ -91,7 +91,7 @@ def header(name: str, example: dict[str, Any], scale: str) -> str:
     lines = [
         f"Example {name}: {example['reference']}",
         f"Claim: {example['claim']}",
-        f"Scale: {scale}. {example['scales'][scale]}",
+        f"Scale: {scale}. {example['scales'][scale][:1].upper()}{example['scales'][scale][1:]}",
         "docs/reproductions.md holds what this example measured.",
     ]
     return "".join(f"# {line}\n" for line in lines)
