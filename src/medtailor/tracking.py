@@ -32,17 +32,20 @@ STUDY_RUN_ENV = "MEDTAILOR_STUDY_RUN_{}"
 log = logging.getLogger(__name__)
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=True, cwd=cwd
+        )
         return out.stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def git_commit() -> str:
-    """The commit of the project (the working directory's git repository)."""
-    out = _git("rev-parse", "HEAD")
+def git_commit(project: Path | None = None) -> str:
+    """The commit of the project (``project``'s git repository, or the working
+    directory's)."""
+    out = _git("rev-parse", "HEAD", cwd=project)
     return out.strip() if out else "unknown"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medtailor.config import load_params, params_hash
+from medtailor.tracking import git_commit
 
 BUNDLE_FILE = "bundle.json"
 CLASSIFIER_FILE = "classifier.pt"
@@ -52,14 +52,6 @@ def operating_thresholds(predictions: pd.DataFrame) -> dict[str, float | None]:
             youden_threshold(labels, rows["prob"].to_numpy(float)) if defined else None
         )
     return thresholds
-
-
-def project_commit(project: Path) -> str:
-    """The trained project's git commit, or "" outside a repository."""
-    done = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def detector_checkpoints(detector_dir: Path) -> list[Path]:
@@ -171,9 +163,9 @@ def bundle_project_model(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     project = project_of(model_dir)
     params = load_params(project / "params.yaml")
     if model_dir.resolve().parent.name == "seg_models":
-        return write_segmentation_bundle(model_dir, params, out_dir, project_commit(project))
+        return write_segmentation_bundle(model_dir, params, out_dir, git_commit(project))
     return write_bundle(
-        model_dir, params, project / "data" / "detector", out_dir, project_commit(project)
+        model_dir, params, project / "data" / "detector", out_dir, git_commit(project)
     )
 
 

@@ -52,18 +52,14 @@ class BundleModel(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         from medtailor.predict import run_predict
-        from medtailor.tables import read_manifest
 
         with tempfile.TemporaryDirectory(prefix="medtailor-serve-") as scratch:
             raw, out = Path(scratch) / "raw", Path(scratch) / "out"
-            files = request_files(model_input, raw)
+            request_files(model_input, raw)
             run_predict(str(self.bundle), raw, out)
             findings = pd.read_csv(out / "findings.csv")
-            manifest = read_manifest(out / "work" / "ingest" / "manifest.parquet")
-        # source_row numbers the sorted input files: input_<k> (of files) is row k + 1.
-        rows = {row: k for k, row in enumerate(range(1, len(files) + 1))}
-        findings.insert(0, "input", findings["source_row"].map(rows))
-        del manifest
+        # input_<k> is the (k + 1)-th of the sorted input files: its source_row.
+        findings.insert(0, "input", findings["source_row"] - 1)
         return findings.drop(columns=["source_row"])
 
 
@@ -94,9 +90,10 @@ def register_models(
     registered as ``<project>-<model>``; returns model -> registered name."""
     import mlflow
 
-    from medtailor.predict.bundle import project_commit, write_bundle
+    from medtailor.predict.bundle import write_bundle
+    from medtailor.tracking import git_commit
 
-    commit = project_commit(project)
+    commit = git_commit(project)
     registered = {}
     with tempfile.TemporaryDirectory(prefix="medtailor-bundle-") as scratch:
         for name, folder in sorted(folders.items()):
@@ -111,16 +108,8 @@ def register_models(
     return registered
 
 
-def save_mlflow_model(bundle: Path, path: Path, example: pd.DataFrame | None = None) -> Path:
-    """Write ``bundle`` as an MLflow pyfunc model folder at ``path``."""
-    import mlflow
-
-    mlflow.pyfunc.save_model(path=str(path), **model_arguments(bundle, example))
-    return path
-
-
 def model_arguments(bundle: Path, example: pd.DataFrame | None) -> dict[str, Any]:
-    """What save_model and log_model share: the wrapper, the bundle, the requirements
+    """What log_model takes: the wrapper, the bundle, the requirements
     (given, so MLflow does not import the model to guess them) and the signature."""
     from importlib.metadata import version
 

@@ -198,7 +198,7 @@ def external_params(trained: Path, cohort: Path) -> tuple[dict, list[str]]:
     and the names of those classifiers."""
     from medtailor.config import load_params, params_hash
     from medtailor.evaluate import trained_folders
-    from medtailor.predict.bundle import project_commit
+    from medtailor.tracking import git_commit
 
     params = load_params(trained / "params.yaml")
     if params.get("patches", {}).get("source") != "candidates" or (
@@ -213,7 +213,7 @@ def external_params(trained: Path, cohort: Path) -> tuple[dict, list[str]]:
         **{key: value for key, value in params.items() if key not in EXTERNAL_DROPS},
         "external": {
             "project": str(trained),
-            "commit": project_commit(trained),
+            "commit": git_commit(trained),
             "params_hash": params_hash(params),
             "models": names,
         },
