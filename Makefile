@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench reproduce clean
 
 # torch's PyPI build brings several GB of CUDA libraries: --no-cache-dir keeps a second copy
 # out of ~/.cache (a CI machine once ran out of disk during this install).
@@ -45,6 +45,13 @@ bench: setup
 	python bench/search_seg_bench.py
 	python bench/seg_seed_robustness.py
 	python bench/detector_realdata.py
+
+# Every example project at its CPU scale on the public datasets (docs/reproductions.md):
+# hours on 2 cores, not part of `make test`. Projects land in $(REPRODUCTIONS)/<example>.
+DATASETS ?= ../shared/realdata
+REPRODUCTIONS ?= reproductions
+reproduce: setup
+	python -m medtailor.examples --datasets $(DATASETS) --into $(REPRODUCTIONS)
 
 clean:
 	rm -rf data metrics plots logs mlflow.db mlartifacts .snakemake

@@ -164,6 +164,20 @@ def test_the_zoo_runs_under_snakemake_and_reruns_only_new_configurations(tmp_pat
     )
     assert rows["efficientnet_lite0_scratch_trunc1"]["status"] == "trained"
     assert "not run: needs the weights file" in (report / "report.md").read_text()
+    # Each truncated network against its whole twin: the paired AUC difference.
+    truncation = {row["configuration"]: row for row in summary["truncation"]}
+    assert set(truncation) == {
+        "efficientnet_lite0_imagenet_trunc1",
+        "efficientnet_lite0_scratch_trunc1",
+    }
+    for name, row in truncation.items():
+        whole = rows[row["whole"]]
+        assert row["auc_difference"] == pytest.approx(rows[name]["test_auc"] - whole["test_auc"])
+        assert (
+            row["auc_difference_ci_low"] <= row["auc_difference"] <= row["auc_difference_ci_high"]
+        )
+        assert 0 < row["parameter_share"] < 1
+    assert "## Truncation" in (report / "report.md").read_text()
 
 
 def test_imagenet_accuracy_is_the_one_of_the_weights_an_imagenet_init_loads():

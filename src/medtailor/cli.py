@@ -67,6 +67,20 @@ def run_train_detector(args: argparse.Namespace, params: dict[str, Any]) -> Resu
     return summary, sorted(args.output.glob("*.pt"))
 
 
+def run_detector_cv_fold(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.detector_cv import run_detector_cv_fold as cross_validate_fold
+
+    summary = cross_validate_fold(args.input, args.fold, args.output, params, log_step_metrics)
+    return summary, []
+
+
+def run_detector_cv(args: argparse.Namespace, params: dict[str, Any]) -> Result:
+    from medtailor.detector_cv import run_detector_cv as cross_validate
+
+    summary = cross_validate(args.input, args.folds, args.output, params)
+    return summary, [args.output / "report.md", args.output / "figures" / "detector_recall.png"]
+
+
 def run_detect(args: argparse.Namespace, params: dict[str, Any]) -> Result:
     from medtailor.detect import run_detect as detect
 
@@ -466,6 +480,32 @@ STAGES = [
         },
     ),
     Stage(
+        "detector-cv-fold",
+        run_detector_cv_fold,
+        "One fold of the built-in detector's patient-level cross-validation over every "
+        "patient (params 'detector.cross_validation_folds'): train on the other folds, "
+        "choose the checkpoint on the next, score the fold.",
+        DATA / "detector_cv" / "folds" / "fold0",
+        {"input": (DATA / "resample", "resample output folder")},
+        {"fold": {"type": int, "required": True, "help": "fold number (0, 1, ...)"}},
+    ),
+    Stage(
+        "detector-cv",
+        run_detector_cv,
+        "Pool the cross-validation's folds: out-of-fold lesion recall at 1/10/20/100 "
+        "candidates per image and AUFROC with patient-bootstrap CIs, per fold and pooled.",
+        DATA / "detector_cv" / "report",
+        {"input": (DATA / "resample", "resample output folder")},
+        {
+            "folds": {
+                "type": Path,
+                "nargs": "+",
+                "required": True,
+                "help": "the folds' folders (detector-cv-fold outputs)",
+            }
+        },
+    ),
+    Stage(
         "detect",
         run_detect,
         "Write candidate boxes (scores 0-100) for every image, from the trained detectors or "
@@ -797,6 +837,8 @@ def execute(stage: Stage, args: argparse.Namespace, params: dict[str, Any]) -> d
         args.metrics = folder / f"g{args.generation:03d}_{step}{index}.json"
     if stage.name == "score":
         run_name = f"score:{Path(args.model).name}"
+    if stage.name == "detector-cv-fold":
+        run_name = f"detector_cv_fold:{args.fold}"
     if stage.name == "train-seg":
         run_name = f"train_seg:{args.model}"
         if args.metrics == default_metrics:
@@ -1104,7 +1146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--example",
         default=None,
         help="an example project on a public dataset (docs/reproductions.md): "
-        "busi-transfer, lidc-c2fnas; needs --source",
+        "busi-transfer, busi-transfusion, busi-zoo, fracture-nas, lidc-c2fnas; needs --source",
     )
     p.add_argument("--source", type=Path, default=None, help="the example's dataset folder")
     p.add_argument(

@@ -59,6 +59,17 @@ def runs_detector(params: dict[str, Any]) -> bool:
     return runs_classification(params) and params["patches"]["source"] == "candidates"
 
 
+def cross_validates_detector(params: dict[str, Any]) -> bool:
+    """The built-in detector's patient-level cross-validation runs (a trained project)."""
+    detector = params.get("detector", {})
+    return (
+        runs_detector(params)
+        and not is_external(params)
+        and detector.get("source") == "builtin"
+        and int(detector.get("cross_validation_folds", 0)) > 0
+    )
+
+
 # Where an external-validation project keeps the frozen models' bundles (one folder each).
 EXTERNAL_BUNDLES = "trained"
 

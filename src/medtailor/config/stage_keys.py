@@ -34,6 +34,25 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "patches.positive_iou",
         "split.key",
     ),
+    # Each fold's detectors train as train_detector's (its folds dealt by split.key).
+    "detector_cv_fold": (
+        "seed",
+        "detector",
+        "patches.min_score",
+        "patches.positive_iou",
+        "split.key",
+    ),
+    # The out-of-fold candidates judged as evaluate judges the detector.
+    "detector_cv": (
+        "seed",
+        "detector.cross_validation_folds",
+        "detector.max_candidates_per_image",
+        "patches.min_score",
+        "split.key",
+        "evaluate.froc",
+        "evaluate.bootstrap_replicates",
+        "evaluate.confidence_level",
+    ),
     # Inference only: the architecture, patch size and intensity come with each checkpoint.
     "detect": (
         "detector.source",

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtailor.detect.data import KINDS, load_detection_images
+from medtailor.detect.data import KINDS, DetectionImage, load_detection_images
 from medtailor.detect.external import load_external_boxes
 from medtailor.detect.inference import predict_boxes
 from medtailor.detect.model import build_detector, device
@@ -49,7 +49,7 @@ CANDIDATE_COLUMNS = [
 ]
 
 
-def _with_world_corners(candidates: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+def with_world_corners(candidates: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """Number candidates per image (by score) and add their corner points in world mm."""
     parts = []
     by_id = manifest.set_index("image_id")
@@ -90,6 +90,42 @@ def detector_of_images(manifest: pd.DataFrame, model_dir: Path) -> pd.Series:
     )
 
 
+def boxes_of_images(
+    checkpoint_path: Path,
+    ndim: int,
+    resample_dir: Path,
+    rows: pd.DataFrame,
+    params: dict[str, Any],
+    images: dict[str, DetectionImage] | None = None,
+) -> list[dict[str, Any]]:
+    """Boxes and scores of one trained detector on the images of ``rows`` (loaded here
+    with the checkpoint's intensity window unless ``images`` holds them by image_id)."""
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"{checkpoint_path}: no trained detector (run train_detector)")
+    checkpoint = load_checkpoint(checkpoint_path)
+    if "config" not in checkpoint:
+        raise ValueError(
+            f"{checkpoint_path}: a detector saved before checkpoints carried their "
+            "configuration; retrain it (medtailor train-detector)"
+        )
+    cfg = checkpoint["config"]
+    detector = build_detector(ndim, cfg, params["detector"], pretrained=False)
+    detector.load_state_dict(checkpoint["state_dict"])
+    detector.to(device())
+    chosen = (
+        [images[image_id] for image_id in rows["image_id"]]
+        if images is not None
+        else load_detection_images(resample_dir, rows, cfg["intensity"])
+    )
+    records = []
+    for item in tqdm(chosen, desc=f"detect {checkpoint_path.stem}", unit="image"):
+        boxes, scores = predict_boxes(detector, item.image, tuple(cfg["patch_size"]))
+        for box, score in zip(boxes, scores, strict=True):
+            record = dict(zip(box_columns(ndim), box.tolist(), strict=True))
+            records.append({"image_id": item.image_id, **record, "score": float(score)})
+    return records
+
+
 def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, Any]) -> pd.DataFrame:
     manifest = read_manifest(resample_dir / "manifest.parquet")
     which = detector_of_images(manifest, model_dir)
@@ -98,28 +134,9 @@ def builtin_candidates(resample_dir: Path, model_dir: Path, params: dict[str, An
         rows = manifest[manifest["kind"] == kind]
         for fold, chosen in rows.groupby(which.loc[rows["image_id"]].to_numpy()):
             checkpoint_path = detector_file(model_dir, kind, None if fold < 0 else int(fold))
-            if not checkpoint_path.is_file():
-                raise FileNotFoundError(
-                    f"{checkpoint_path}: no trained {kind} detector (run train_detector)"
-                )
-            checkpoint = load_checkpoint(checkpoint_path)
-            if "config" not in checkpoint:
-                raise ValueError(
-                    f"{checkpoint_path}: a detector saved before checkpoints carried their "
-                    "configuration; retrain it (medtailor train-detector)"
-                )
-            cfg = checkpoint["config"]
-            detector = build_detector(ndim, cfg, params["detector"], pretrained=False)
-            detector.load_state_dict(checkpoint["state_dict"])
-            detector.to(device())
-            images = load_detection_images(resample_dir, chosen, cfg["intensity"])
-            for item in tqdm(images, desc=f"detect {checkpoint_path.stem}", unit="image"):
-                boxes, scores = predict_boxes(detector, item.image, tuple(cfg["patch_size"]))
-                for box, score in zip(boxes, scores, strict=True):
-                    record = dict(zip(box_columns(ndim), box.tolist(), strict=True))
-                    records.append({"image_id": item.image_id, **record, "score": float(score)})
+            records += boxes_of_images(checkpoint_path, ndim, resample_dir, chosen, params)
     frame = pd.DataFrame(records, columns=["image_id", *BOX_CORNERS, "score"])
-    return _with_world_corners(frame, manifest)
+    return with_world_corners(frame, manifest)
 
 
 def run_detect(
@@ -128,7 +145,7 @@ def run_detect(
     """Candidates from the trained detectors in ``source`` (a folder) or an external file."""
     manifest = read_manifest(resample_dir / "manifest.parquet")
     if params["detector"]["source"] == "external":
-        candidates = _with_world_corners(load_external_boxes(source, manifest), manifest)
+        candidates = with_world_corners(load_external_boxes(source, manifest), manifest)
     else:
         candidates = builtin_candidates(resample_dir, source, params)
     write_candidates(candidates, out_file)

@@ -118,18 +118,12 @@ def froc_summary(
     return summary, pd.DataFrame({"fppi": fppi, "recall": recall})
 
 
-def recall_by_candidates(
-    candidates: pd.DataFrame, lesions: pd.DataFrame, max_per_image: int
-) -> pd.DataFrame:
-    """Lesion recall when each image keeps only its ``k`` best-scored candidates, for
-    ``k = 1..max_per_image``: where the curve flattens, more candidates stop helping, and
-    its plateau bounds what any classifier re-scoring the candidates can find.
+def first_hit_ranks(candidates: pd.DataFrame, lesions: pd.DataFrame) -> np.ndarray:
+    """Per lesion (in ``lesions`` order): the best score rank, within its image, of a
+    candidate that hits it (1 = the image's best candidate; inf when none does).
 
     ``candidates`` come from :func:`candidate_hits` (``hits``: lesions each pinpoints).
     """
-    ks = np.arange(1, max(1, int(max_per_image)) + 1)
-    if lesions.empty:
-        return pd.DataFrame({"candidates_per_image": ks, "recall": np.nan})
     first_rank: dict[Any, int] = {}
     if not candidates.empty:
         ranked = candidates.assign(
@@ -138,6 +132,18 @@ def recall_by_candidates(
         for rank, hit in zip(ranked["rank"].astype(int), ranked["hits"], strict=True):
             for lesion in hit:
                 first_rank[lesion] = min(rank, first_rank.get(lesion, rank))
-    ranks = np.array([first_rank.get(lesion, np.inf) for lesion in lesions["lesion_id"]])
+    return np.array([first_rank.get(lesion, np.inf) for lesion in lesions["lesion_id"]], float)
+
+
+def recall_by_candidates(
+    candidates: pd.DataFrame, lesions: pd.DataFrame, max_per_image: int
+) -> pd.DataFrame:
+    """Lesion recall when each image keeps only its ``k`` best-scored candidates, for
+    ``k = 1..max_per_image``: where the curve flattens, more candidates stop helping, and
+    its plateau bounds what any classifier re-scoring the candidates can find."""
+    ks = np.arange(1, max(1, int(max_per_image)) + 1)
+    if lesions.empty:
+        return pd.DataFrame({"candidates_per_image": ks, "recall": np.nan})
+    ranks = first_hit_ranks(candidates, lesions)
     recall = (ranks[None, :] <= ks[:, None]).mean(axis=1)
     return pd.DataFrame({"candidates_per_image": ks, "recall": recall})

@@ -35,11 +35,24 @@ def example_names() -> list[str]:
     )
 
 
-def load_example(name: str) -> dict[str, Any]:
+def _example_file(name: str) -> dict[str, Any]:
     path = resources.files(__package__) / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown example {name!r}: choose one of {', '.join(example_names())}")
     return yaml.safe_load(path.read_text())
+
+
+def variant_of(name: str) -> str | None:
+    """The example a variant (``base: <example>``) builds on, None for a whole example."""
+    return _example_file(name).get("base")
+
+
+def load_example(name: str) -> dict[str, Any]:
+    """The example's YAML; one with ``base: <example>`` is that example with its own keys
+    over it (a variant: the same study on another labelling of the same data)."""
+    example = _example_file(name)
+    base = example.pop("base", None)
+    return deep_merge(load_example(base), example) if base else example
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

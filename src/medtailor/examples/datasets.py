@@ -37,23 +37,29 @@ def fracture_patients(source: Path) -> dict[str, list[Path]]:
 
 
 def fracture_raw(
-    source: Path, raw: Path, limit: int | None = None, patients: list[str] | None = None
+    source: Path,
+    raw: Path,
+    limit: int | None = None,
+    patients: list[str] | None = None,
+    copies: int | None = None,
 ) -> dict[str, int]:
     """Roboflow's bone-fracture set (JPEGs, YOLO labels normalised to each image's size):
     the labelled images of ``patients`` (default: all, or the first ``limit``),
     ``subjects.csv`` (patient: the source radiograph) and ``boxes.csv`` (pixel edges; the
     labelling class, angle, fracture, line or messed-up angle, + 1 as ``class_id``: every
-    one marks a fracture)."""
+    one marks a fracture). ``copies`` keeps that many of Roboflow's augmented copies of
+    each source radiograph (by name; default all): the copies are one radiograph flipped,
+    rotated by up to 7 degrees (Roboflow's README), as the detector's own augmentation does."""
     from PIL import Image
 
     by_patient = fracture_patients(source)
     chosen = patients if patients is not None else sorted(by_patient)[: limit or None]
     subjects, boxes = [], []
     for patient in chosen:
-        for label in by_patient[patient]:
-            image = source / "images" / f"{label.stem}.jpg"
-            if not image.is_file():
-                continue
+        labelled = [
+            (label, source / "images" / f"{label.stem}.jpg") for label in by_patient[patient]
+        ]
+        for label, image in [(lb, im) for lb, im in labelled if im.is_file()][: copies or None]:
             rel = f"images/{image.name}"
             _link(raw / rel, image)
             subjects.append({"source": rel, "patient": patient, "study": label.stem})

@@ -110,15 +110,23 @@ def analyse_zoo(run: StudyRun) -> dict[str, Any]:
             correlations[f"{x}_vs_auc_{init}"] = spearman_with_ci(
                 part[x], part["test_auc"], replicates, level, seed
             )
+    truncation = truncation_effects(trained, scored, replicates, level, seed)
     with_boost = table.dropna(subset=["pretraining_boost"])
     correlations["boost_vs_parameters"] = spearman_with_ci(
         with_boost["parameters"], with_boost["pretraining_boost"], replicates, level, seed
     )
     figures = zoo_figures(table, run.out_dir)
-    summary = {"table": table.to_dict("records"), "correlations": correlations, "figures": figures}
+    summary = {
+        "table": table.to_dict("records"),
+        "truncation": truncation.to_dict("records"),
+        "correlations": correlations,
+        "figures": figures,
+    }
     flat = write_study_report(
-        run.out_dir, table, summary, zoo_report(table, correlations, figures, cfg)
+        run.out_dir, table, summary, zoo_report(table, truncation, correlations, figures, cfg)
     )
+    for row in truncation.itertuples():
+        flat[f"{row.configuration}_truncation_effect"] = float(row.auc_difference)
     for row in table[table["status"] == "trained"].itertuples():
         if row.init == "imagenet" and not pd.isna(row.pretraining_boost):
             flat[f"{row.configuration}_boost"] = float(row.pretraining_boost)
@@ -155,6 +163,54 @@ def zoo_figures(table: pd.DataFrame, out_dir: Path) -> list[str]:
     return made
 
 
+def truncation_effects(
+    trained: pd.DataFrame, scored: dict, replicates: int, level: float, seed: int
+) -> pd.DataFrame:
+    """Per truncated configuration: its test AUC minus that of the whole network of the same
+    architecture and init (paired patient-bootstrap CI), and its share of the parameters:
+    CheXtransfer's "truncated networks keep most of the AUC with fewer parameters"."""
+    from medtailor.evaluate.whole_image import mean_auc_difference_with_ci
+
+    rows = []
+    for (_, _), group in trained.groupby(["architecture", "init"]):
+        by_depth = group.set_index("truncate")
+        if 0 not in by_depth.index:
+            continue
+        whole = by_depth.loc[0]
+        for truncate, row in by_depth.drop(index=0).iterrows():
+            difference = mean_auc_difference_with_ci(
+                scored[row["configuration"]].frame,
+                scored[whole["configuration"]].frame,
+                "test",
+                replicates,
+                level,
+                seed,
+            )
+            rows.append(
+                {
+                    "configuration": row["configuration"],
+                    "whole": whole["configuration"],
+                    "truncate": int(truncate),
+                    "parameter_share": row["parameters"] / whole["parameters"],
+                    "auc_difference": difference["difference"],
+                    "auc_difference_ci_low": difference["difference_ci"][0],
+                    "auc_difference_ci_high": difference["difference_ci"][1],
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "configuration",
+            "whole",
+            "truncate",
+            "parameter_share",
+            "auc_difference",
+            "auc_difference_ci_low",
+            "auc_difference_ci_high",
+        ],
+    )
+
+
 def _cell(value: Any, low: Any = None, high: Any = None) -> str:
     if value is None or pd.isna(value):
         return ""
@@ -162,7 +218,13 @@ def _cell(value: Any, low: Any = None, high: Any = None) -> str:
     return f"{value:.3f}{interval}"
 
 
-def zoo_report(table: pd.DataFrame, correlations: dict, figures: list[str], cfg: dict) -> list[str]:
+def zoo_report(
+    table: pd.DataFrame,
+    truncation: pd.DataFrame,
+    correlations: dict,
+    figures: list[str],
+    cfg: dict,
+) -> list[str]:
     level = round(100 * float(cfg["confidence_level"]))
     lines = [
         "# Study: architecture zoo",
@@ -192,6 +254,23 @@ def zoo_report(table: pd.DataFrame, correlations: dict, figures: list[str], cfg:
             f"{_cell(row.test_auc, row.test_auc_ci_low, row.test_auc_ci_high)} | "
             f"{_cell(row.pretraining_boost, row.pretraining_boost_ci_low, row.pretraining_boost_ci_high)} |"
         )
+    if len(truncation):
+        lines += [
+            "",
+            "## Truncation",
+            "",
+            "Test AUC of each truncated network minus that of the whole network of the same "
+            f"architecture and init ({level}% paired patient-bootstrap CI), and its share of "
+            "the whole network's parameters.",
+            "",
+            "| configuration | whole network | parameters kept | AUC difference |",
+            "|---|---|---|---|",
+            *(
+                f"| {row.configuration} | {row.whole} | {row.parameter_share:.0%} | "
+                f"{_cell(row.auc_difference, row.auc_difference_ci_low, row.auc_difference_ci_high)} |"
+                for row in truncation.itertuples()
+            ),
+        ]
     lines += [
         "",
         "## Spearman correlations across configurations",

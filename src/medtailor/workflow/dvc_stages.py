@@ -23,6 +23,7 @@ import yaml
 from medtailor.config import (
     EXTERNAL_BUNDLES,
     SYNTH_INPUT,
+    cross_validates_detector,
     is_external,
     runs_classification,
     runs_detector,
@@ -59,6 +60,7 @@ class DvcStage:
 # (the rest on the CLI's default, one thread).
 COMPUTE_STAGES = (
     "train_detector",
+    "detector_cv_fold",
     "detect",
     "train",
     "train_seg",
@@ -189,6 +191,36 @@ def patch_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
             outs=("data/patches",),
             uncached_outs=("plots/patches_iou.png",),
             metrics=("metrics/patches.json", "plots/patches_iou.csv"),
+        ),
+    )
+
+
+def detector_cv_stages(params: dict[str, Any]) -> tuple[DvcStage, ...]:
+    """The detector's cross-validation: one stage per fold (foreach), then the pooled one."""
+    if not cross_validates_detector(params):
+        return ()
+    folds = list(range(int(params["detector"]["cross_validation_folds"])))
+    return (
+        DvcStage(
+            "detector_cv_fold",
+            "detector_cv",
+            "medtailor detector-cv-fold --params params.yaml --fold ${item} --input "
+            "data/resample --output data/detector_cv/folds/fold${item} --metrics "
+            "metrics/detector_cv/fold${item}.json",
+            deps=("data/resample",),
+            outs=("data/detector_cv/folds/fold${item}",),
+            metrics=("metrics/detector_cv/fold${item}.json",),
+            foreach=[str(k) for k in folds],
+        ),
+        DvcStage(
+            "detector_cv",
+            "detector_cv",
+            "medtailor detector-cv --params params.yaml --input data/resample --folds "
+            + " ".join(f"data/detector_cv/folds/fold{k}" for k in folds)
+            + " --output data/detector_cv/report --metrics metrics/detector_cv.json",
+            deps=("data/resample", *(f"data/detector_cv/folds/fold{k}" for k in folds)),
+            outs=("data/detector_cv/report",),
+            metrics=("metrics/detector_cv.json",),
         ),
     )
 
@@ -602,6 +634,7 @@ def dvc_pipeline(params: dict[str, Any], root: Path | None = None) -> dict[str, 
     for stage in (
         *data_stages(params),
         *patch_stages(params),
+        *detector_cv_stages(params),
         *((TRAIN_STAGE,) if runs_classification(params) else ()),
         *segmentation_stages(params),
         *searched,

@@ -52,6 +52,8 @@ def study_models(wildcards):
     return expand(f"data/studies/{wildcards.study}/models/{{name}}", name=names)
 
 
+# The detector's cross-validation: part of the default target when it is on.
+DETECTOR_CV = ["data/detector_cv/report"] if cross_validates_detector(config) else []
 STUDY_REPORTS = expand("data/studies/{study}/report", study=enabled_studies(config))
 
 
