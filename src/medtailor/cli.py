@@ -20,6 +20,7 @@ from typing import Any
 
 from medtailor import __version__
 from medtailor.config import ParamsError, load_params
+from medtailor.examples import example_names
 from medtailor.tracking import Terminated, log_step_metrics
 from medtailor.workflow import TASKS
 
@@ -1146,7 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--example",
         default=None,
         help="an example project on a public dataset (docs/reproductions.md): "
-        "busi-transfer, busi-transfusion, busi-zoo, fracture-nas, lidc-c2fnas; needs --source",
+        f"{', '.join(example_names())}; needs --source",
     )
     p.add_argument("--source", type=Path, default=None, help="the example's dataset folder")
     p.add_argument(
