@@ -47,4 +47,3 @@ rule detect:
         reads=stage_values(config, "detect"),
     shell:
         "medtailor detect --threads {threads} --params {params.file} --input {input.data} --detector {input.detector} --output {output.candidates} --metrics {output.metrics} > {log} 2>&1"
-
