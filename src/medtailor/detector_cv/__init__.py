@@ -74,7 +74,8 @@ def recall_summary(
     if lesions.empty:
         return {"lesions": 0}
     kept = candidates[candidates["score"] > min_score]
-    found = {f"recall_at_{k}": first_hit_ranks(candidates, lesions) <= k for k in RECALL_AT}
+    ranks = first_hit_ranks(candidates, lesions)
+    found = {f"recall_at_{k}": ranks <= k for k in RECALL_AT}
     found["kept_recall"] = np.isfinite(first_hit_ranks(kept, lesions))
     summary: dict[str, Any] = {"lesions": len(lesions)}
     for name, hit in found.items():

@@ -18,13 +18,9 @@ from typing import Any
 
 import yaml
 
-from medtailor.examples.datasets import busi_raw, fracture_raw, lidc_raw
-
-PREPARE: dict[str, Callable[..., dict[str, int]]] = {
-    "fracture_train": fracture_raw,
-    "busi": busi_raw,
-    "lidc_nodules": lidc_raw,
-}
+# Dataset -> its conversion in medtailor.examples.datasets (imported when used: the CLI
+# lists the examples at start-up and need not load pandas for it).
+PREPARE = {"fracture_train": "fracture_raw", "busi": "busi_raw", "lidc_nodules": "lidc_raw"}
 SCALES = ("cpu", "study")
 
 
@@ -96,7 +92,10 @@ def prepare_raw(example: dict[str, Any], source: Path, raw: Path, limit: int | N
         raise FileNotFoundError(
             f"{source}: no such folder; give --source the {example['dataset']} folder"
         )
-    return PREPARE[example["dataset"]](source, raw, limit, **example.get("prepare", {}))
+    from medtailor.examples import datasets
+
+    prepare: Callable[..., dict[str, int]] = getattr(datasets, PREPARE[example["dataset"]])
+    return prepare(source, raw, limit, **example.get("prepare", {}))
 
 
 def header(name: str, example: dict[str, Any], scale: str) -> str:
